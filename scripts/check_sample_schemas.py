@@ -4,7 +4,7 @@
 For each problem directory `<root>/Kubernetes/<category>/q<N>/` it checks:
   * the files: question.txt, question_simplified.txt and labeled_code.yaml are present and non-empty
     (question_translated.txt is optional);
-  * the YAML: every document is a mapping with string keys, the file starts with `apiVersion:` (CloudEval's
+  * the YAML: the file does not end inside a `|`/`>` block scalar, every document is a mapping with string keys, the file starts with `apiVersion:` (CloudEval's
     output extraction cuts everything before the first `apiVersion:`), there is no trailing `---`, and no plain
     scalar whose type differs between YAML 1.1 and 1.2 (yes/no/on/off, 0-prefixed octal, 1:20 sexagesimal);
   * the labels: a line ending in `# *` must carry a scalar (`key: value # *` or `- value # *`);
@@ -118,10 +118,16 @@ def check_yaml_text(text: str):
         problems.append("file must start with 'apiVersion:'")
     if re.search(r"^---\s*\Z", text, re.M) or text.rstrip().endswith("---"):
         problems.append("trailing '---'")
+    last_scalar = None
     for token in yaml.scan(text):
-        if isinstance(token, yaml.ScalarToken) and token.plain and AMBIGUOUS_PLAIN.match(token.value):
-            line = token.start_mark.line + 1
-            problems.append(f"line {line}: plain scalar {token.value!r} differs between YAML 1.1 and 1.2; quote it")
+        if isinstance(token, yaml.ScalarToken):
+            last_scalar = token
+            if token.plain and AMBIGUOUS_PLAIN.match(token.value):
+                line = token.start_mark.line + 1
+                problems.append(f"line {line}: plain scalar {token.value!r} differs between YAML 1.1 and 1.2; quote it")
+    # CloudEval strips the output's trailing newline, which changes the value of a final block scalar.
+    if last_scalar is not None and last_scalar.style in ("|", ">"):
+        problems.append(f"line {last_scalar.start_mark.line + 1}: file ends inside a block scalar; reorder keys")
     for number, line in enumerate(text.splitlines(), 1):
         if "#" in line and line.rstrip().endswith("*") and not labels_a_scalar(line):
             problems.append(f"line {number}: '# *' label on a line without a scalar value: {line.strip()!r}")
