@@ -4,11 +4,13 @@
 For each problem directory `<root>/Kubernetes/<category>/q<N>/` it checks:
   * the files: question.txt, question_simplified.txt and labeled_code.yaml are present and non-empty
     (question_translated.txt is optional);
-  * the YAML: the file does not end inside a `|`/`>` block scalar, every document is a mapping with string keys, the file starts with `apiVersion:` (CloudEval's
-    output extraction cuts everything before the first `apiVersion:`), there is no trailing `---`, and no plain
-    scalar whose type differs between YAML 1.1 and 1.2 (yes/no/on/off, 0-prefixed octal, 1:20 sexagesimal);
+  * the YAML: every document is a mapping with string keys and no duplicate key, the file starts with
+    `apiVersion:` (CloudEval's output extraction cuts everything before the first `apiVersion:`), there is no
+    trailing `---`, the file does not end inside a `|`/`>` block scalar (CloudEval strips the final newline),
+    and no plain scalar's type differs between YAML 1.1 and 1.2 (yes/no/on/off, 0-prefixed octal, 1:20);
   * the labels: a line ending in `# *` must carry a scalar (`key: value # *` or `- value # *`);
-  * strict Kubernetes JSON-schema validity against .cache/assets/k8s-schemas/v1.37.0-local-strict
+  * strict Kubernetes JSON-schema validity of the reference and of any manifest the question embeds in ``` fences,
+    against .cache/assets/k8s-schemas/v1.37.0-local-strict
     (run scripts/fetch-assets.sh first);
   * the numbering: q1..qN without gaps, at least 4 problems per category.
 It prints one line per failure (path, document, JSON path, reason), then counts, and exits 1 on any failure.
@@ -164,9 +166,23 @@ def main() -> int:
                 if not translated.read_text().strip():
                     fail(translated, "empty")
                 stats["translated"] += 1
-            question = problem / "question.txt"
-            if question.is_file() and "```" in question.read_text():
-                stats["yaml_context"] += 1
+            for name in ("question.txt", "question_translated.txt"):
+                question = problem / name
+                if not question.is_file():
+                    continue
+                blocks = re.findall(r"```[a-z]*\n(.*?)```", question.read_text(), re.S)
+                if blocks and name == "question.txt":
+                    stats["yaml_context"] += 1
+                # A manifest given as context must itself be valid, or the question teaches a broken input.
+                for block in (b for b in blocks if b.startswith("apiVersion:")):
+                    try:
+                        context_docs = list(yaml.load_all(block, Loader=DuplicateKeyLoader))
+                    except yaml.YAMLError as e:
+                        fail(question, f"YAML context does not parse: {e}")
+                        continue
+                    for doc in context_docs:
+                        for message in validator.errors(doc) if isinstance(doc, dict) else ["not a mapping"]:
+                            fail(question, f"YAML context ({doc.get('kind') if isinstance(doc, dict) else '?'}): {message}")
             ref = problem / "labeled_code.yaml"
             if not ref.is_file():
                 continue
