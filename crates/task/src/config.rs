@@ -384,7 +384,7 @@ fn default_results_dir() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The config path.
         path: String,
@@ -411,7 +411,7 @@ pub enum ConfigError {
         reason: String,
     },
     /// The plan could not be serialised back to TOML.
-    #[error("cannot write the plan as TOML: {0}")]
+    #[error("cannot write the plan as TOML")]
     Serialize(#[from] toml::ser::Error),
 }
 

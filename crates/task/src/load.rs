@@ -96,7 +96,7 @@ impl LoadOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path that failed.
         path: String,

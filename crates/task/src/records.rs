@@ -239,7 +239,7 @@ pub struct ScoreReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// Reading or writing failed.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The file.
         path: String,
@@ -247,7 +247,7 @@ pub enum RecordError {
         source: std::io::Error,
     },
     /// A JSONL line is not a valid record.
-    #[error("{path}:{line}: {source}")]
+    #[error("{path}:{line}: invalid record")]
     JsonLine {
         /// The file.
         path: String,
@@ -257,7 +257,7 @@ pub enum RecordError {
         source: serde_json::Error,
     },
     /// A JSON file is not a valid record.
-    #[error("{path}: {source}")]
+    #[error("{path}: invalid JSON record")]
     Json {
         /// The file.
         path: String,

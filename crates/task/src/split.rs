@@ -179,7 +179,7 @@ pub struct SplitManifest {
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
     /// The manifest file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The manifest path.
         path: String,
@@ -187,7 +187,7 @@ pub enum SplitError {
         source: std::io::Error,
     },
     /// The manifest is not valid JSON of the right shape.
-    #[error("{path}: invalid split manifest: {source}")]
+    #[error("{path}: invalid split manifest")]
     Json {
         /// The manifest path.
         path: String,
