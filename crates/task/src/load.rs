@@ -17,6 +17,10 @@
 //! files sit. Hidden entries (a component starting with `.`) and `__MACOSX/` are ignored. Lib and mode folder
 //! names must be ASCII letters, digits or `-` (so the id `<Lib>_<mode>_q<N>` is unambiguous); problem
 //! folders must be `q<N>` with `N` written without leading zeros.
+//!
+//! Text files are decoded as UTF-8 and their line endings translated as Python's text mode does
+//! ([`universal_newlines`]), because that is the text CloudEval's harness prompts with and scores against;
+//! otherwise they are kept verbatim (the reference keeps its `# *` labels and trailing newline).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Cursor, Read};
@@ -744,12 +748,21 @@ fn read_text(source: &mut dyn Source, rel: &str) -> Result<Option<String>, LoadE
     let Some(bytes) = source.read(rel)? else {
         return Ok(None);
     };
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|e| LoadError::InvalidUtf8 {
-            path: source.describe(rel),
-            offset: e.utf8_error().valid_up_to(),
-        })
+    let text = String::from_utf8(bytes).map_err(|e| LoadError::InvalidUtf8 {
+        path: source.describe(rel),
+        offset: e.utf8_error().valid_up_to(),
+    })?;
+    Ok(Some(universal_newlines(text)))
+}
+
+/// What Python's text-mode `open(path).read()` returns, which is what CloudEval's harness prompts with and scores
+/// against: `\r\n` and lone `\r` become `\n`. Text without `\r` is returned unchanged.
+pub fn universal_newlines(text: String) -> String {
+    if text.contains('\r') {
+        text.replace("\r\n", "\n").replace('\r', "\n")
+    } else {
+        text
+    }
 }
 
 /// Serialisable summary of what was loaded, for logs and manifests.
@@ -777,6 +790,12 @@ impl LoadSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn universal_newlines_match_python_text_mode() {
+        assert_eq!(universal_newlines("a\r\nb\rc\n\r\n".into()), "a\nb\nc\n\n");
+        assert_eq!(universal_newlines("plain\n".into()), "plain\n");
+    }
 
     #[test]
     fn problem_numbers_parse_strictly() {

@@ -83,7 +83,8 @@ pub struct Problem {
     /// The question text per variant, verbatim. `Original` is always present in loaded data unless a variant
     /// filter removed it.
     pub questions: BTreeMap<Variant, String>,
-    /// `labeled_code.yaml` verbatim, `# *` wildcard labels kept (CloudEval's text metrics score against this).
+    /// `labeled_code.yaml` verbatim (line endings as Python text mode reads them), `# *` wildcard labels kept
+    /// (CloudEval's text metrics score against this).
     pub reference: String,
     /// `unit_test.sh` verbatim, when the problem has one.
     pub unit_test: Option<String>,

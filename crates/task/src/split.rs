@@ -414,14 +414,9 @@ impl SplitManifest {
         seed: u64,
     ) -> (Vec<Row>, Vec<Row>) {
         let rows = self.train_rows(problems, variants);
-        let mut problem_ids: Vec<&str> = Vec::new();
-        for row in &rows {
-            if problem_ids.last() != Some(&row.problem_id.as_str())
-                && !problem_ids.contains(&row.problem_id.as_str())
-            {
-                problem_ids.push(&row.problem_id);
-            }
-        }
+        // Rows come grouped by problem, in load order: consecutive dedup lists each problem once.
+        let mut problem_ids: Vec<&str> = rows.iter().map(|r| r.problem_id.as_str()).collect();
+        problem_ids.dedup();
         let n = problem_ids.len();
         let mut n_val = if fraction > 0.0 {
             test_count(n, fraction)

@@ -261,3 +261,25 @@ fn sample_data_loads_when_present() {
     task::load::sort_cloudeval_order(&mut sorted);
     assert_eq!(sorted, problems, "loader output is in CloudEval order");
 }
+
+#[test]
+fn line_endings_are_read_as_python_text_mode_reads_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_standard_tree(dir.path());
+    std::fs::write(
+        dir.path().join("Kubernetes/pod/q1/labeled_code.yaml"),
+        "a: 1 # *\r\nb: 2\r\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("Kubernetes/pod/q1/question.txt"),
+        "line one\rline two\r\n",
+    )
+    .expect("write");
+    let problems = load(dir.path(), &LoadOptions::default()).expect("loads");
+    assert_eq!(problems[0].reference, "a: 1 # *\nb: 2\n");
+    assert_eq!(
+        problems[0].questions[&Variant::Original],
+        "line one\nline two\n"
+    );
+}
