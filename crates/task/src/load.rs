@@ -65,8 +65,9 @@ pub const CLOUDEVAL_MODE_ORDER: [&str; 27] = [
     "all",
 ];
 
-/// What to load. The default loads everything and takes no zip password.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What to load. The default loads everything and takes no zip password. `Debug` prints the password as
+/// `<redacted>`, so logging the options never leaks it.
+#[derive(Clone, Default, PartialEq)]
 pub struct LoadOptions {
     /// Keep only these question variants (empty = all). A problem left with no question is dropped.
     pub variants: Vec<Variant>,
@@ -76,6 +77,20 @@ pub struct LoadOptions {
     pub categories: Vec<String>,
     /// Password of an encrypted zip. Never stored or printed by this crate.
     pub zip_password: Option<String>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("variants", &self.variants)
+            .field("libs", &self.libs)
+            .field("categories", &self.categories)
+            .field(
+                "zip_password",
+                &self.zip_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl LoadOptions {
@@ -790,6 +805,19 @@ impl LoadSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let opts = LoadOptions {
+            zip_password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        let shown = format!("{opts:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn universal_newlines_match_python_text_mode() {

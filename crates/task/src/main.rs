@@ -9,7 +9,7 @@ use task::{LoadOptions, Split, SplitParams, SplitUnit, Variant};
 
 /// Computes a seeded, stratified train/test split of CloudEval-YAML problems and writes
 /// `<out-dir>/<name>.json`, then prints the per-stratum counts.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "split", version)]
 struct Args {
     /// The data: a CloudEval directory, a (password-protected) data.zip, or a .jsonl file.

@@ -90,3 +90,44 @@ fn errors_exit_2_with_a_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--test-ratio"));
 }
+
+#[test]
+fn reads_a_password_protected_zip_via_the_environment_and_never_records_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/zipcrypto-infozip.zip");
+    let out = split_bin()
+        .arg("--data")
+        .arg(&zip)
+        .args(["--name", "z", "--test-ratio", "0.5"])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .env("CLOUDEVAL_ZIP_PASSWORD", "kubetune-fixture")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("z.json")).expect("manifest");
+    assert!(
+        !text.contains("kubetune-fixture"),
+        "the password must not be recorded"
+    );
+    assert!(text.contains("zipcrypto-infozip.zip"));
+    let wrong = split_bin()
+        .arg("--data")
+        .arg(&zip)
+        .args(["--name", "z", "--zip-password", "nope"])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert_eq!(wrong.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("wrong zip password") && !stderr.contains("nope"),
+        "{stderr}"
+    );
+}
