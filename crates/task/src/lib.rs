@@ -3,7 +3,7 @@
 //!
 //! - [`problem`]: [`Problem`] (one `<Lib>/<mode>/q<N>` folder), [`Variant`] (original / simplified / translated),
 //!   [`Row`] (one phrasing, id `"<problem_id>#<variant>"`), [`strip_labels`] (the `# *` wildcard labels off).
-//! - [`load`]: [`load()`](load::load) dispatches on the path: a CloudEval directory, CloudEval's
+//! - [`mod@load`]: [`load()`](fn@load::load) dispatches on the path: a CloudEval directory, CloudEval's
 //!   password-protected `data.zip` (read in memory, ZipCrypto or AES), or our JSONL. Problems come back in
 //!   CloudEval's order.
 //! - [`split`]: [`Split::compute`] — deterministic, seeded, stratified by (lib, category), with its own

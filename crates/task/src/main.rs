@@ -8,14 +8,14 @@ use clap::Parser;
 use task::{LoadOptions, Split, SplitParams, SplitUnit, Variant};
 
 /// Computes a seeded, stratified train/test split of CloudEval-YAML problems and writes
-/// `<out-dir>/<name>.json`, then prints the per-stratum counts.
+/// `OUT_DIR/NAME.json`, then prints the per-stratum counts.
 #[derive(Parser)]
 #[command(name = "split", version)]
 struct Args {
     /// The data: a CloudEval directory, a (password-protected) data.zip, or a .jsonl file.
     #[arg(long)]
     data: PathBuf,
-    /// Manifest name; the file is <out-dir>/<name>.json.
+    /// Manifest name; the file is OUT_DIR/NAME.json.
     #[arg(long)]
     name: String,
     /// PRNG seed.
