@@ -289,3 +289,49 @@ fn committed_sample_split_matches_data_sample() {
     assert!(a == b, "byte-identical to the committed file");
     check_invariants(&problems, &committed);
 }
+
+/// Random datasets (stratum sizes 1–12, several libs, ragged variants): every invariant holds.
+#[test]
+fn invariants_hold_on_random_datasets() {
+    let mut rng = task::split::SplitMix64::new(2024);
+    for _ in 0..40 {
+        let mut problems = Vec::new();
+        for (lib, modes) in [
+            ("Kubernetes", &["pod", "job", "service"][..]),
+            ("Envoy", &["all"][..]),
+            ("Istio", &["gateway", "serviceentry"][..]),
+        ] {
+            for mode in modes {
+                for number in 1..=(1 + rng.next_below(12) as u32) {
+                    let mut questions = std::collections::BTreeMap::from([(
+                        Variant::Original,
+                        format!("q{number}"),
+                    )]);
+                    if rng.next_below(2) == 0 {
+                        questions.insert(Variant::Simplified, "s".into());
+                    }
+                    if rng.next_below(2) == 0 {
+                        questions.insert(Variant::Translated, "t".into());
+                    }
+                    problems.push(Problem {
+                        id: Problem::make_id(lib, mode, number),
+                        lib: lib.into(),
+                        mode: (*mode).into(),
+                        number,
+                        category: (*mode).into(),
+                        questions,
+                        reference: "a: 1\n".into(),
+                        unit_test: None,
+                    });
+                }
+            }
+        }
+        let ratio = [0.1, 0.2, 0.25, 0.3, 0.5][rng.next_below(5) as usize];
+        for unit in [SplitUnit::Problem, SplitUnit::Row] {
+            check_invariants(
+                &problems,
+                &Split::compute(&problems, &params(rng.next_u64(), unit, ratio)),
+            );
+        }
+    }
+}
