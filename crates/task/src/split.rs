@@ -204,7 +204,8 @@ pub enum SplitError {
     },
     /// The data loaded now differs from the data the split was computed from.
     #[error(
-        "split `{name}` was computed from data with sha256 {expected}, but the loaded data hashes to {actual}"
+        "split `{name}` was computed from data with sha256 {expected}, but the loaded data hashes to {actual}; \
+         if the data change is intended, regenerate the manifest: {regenerate}"
     )]
     InputsChanged {
         /// The manifest name.
@@ -213,6 +214,8 @@ pub enum SplitError {
         expected: String,
         /// Hash of the loaded problems.
         actual: String,
+        /// The `split` command that rewrites the manifest with its own settings.
+        regenerate: String,
     },
 }
 
@@ -386,6 +389,14 @@ impl SplitManifest {
                 name: self.name.clone(),
                 expected: self.inputs_sha256.clone(),
                 actual,
+                regenerate: format!(
+                    "cargo run -p task --bin split -- --data {} --name {} --seed {} --unit {} --test-ratio {}",
+                    self.source,
+                    self.name,
+                    self.seed,
+                    self.unit.as_str(),
+                    self.test_ratio
+                ),
             })
         }
     }

@@ -203,7 +203,14 @@ fn manifest_saves_byte_identically_and_loads_back() {
     back.verify_inputs(&problems).expect("same data");
     let mut changed = problems.clone();
     changed[0].reference.push('\n');
-    assert!(back.verify_inputs(&changed).is_err());
+    let err = back.verify_inputs(&changed).expect_err("changed data");
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "--bin split -- --data some/path --name t --seed 42 --unit problem --test-ratio 0.25"
+        ),
+        "{message}"
+    );
 }
 
 #[test]
@@ -262,13 +269,10 @@ fn committed_sample_split_matches_data_sample() {
     }
     let problems = load(&sample, &LoadOptions::default()).expect("sample loads");
     let committed = SplitManifest::load(&manifest).expect("manifest loads");
-    if committed.verify_inputs(&problems).is_err() {
-        // data/sample is maintained separately; a stale manifest is a chore, not a bug in this crate.
-        eprintln!(
-            "data/sample changed since data/splits/sample.json was written; rerun \
-             `cargo run -p task --bin split -- --data data/sample --name sample`"
-        );
-        return;
+    // data/sample is maintained by hand; the committed manifest must follow it, or every run config that names
+    // data/splits/sample.json fails with InputsChanged.
+    if let Err(e) = committed.verify_inputs(&problems) {
+        panic!("{e}");
     }
     let params = SplitParams {
         seed: committed.seed,
