@@ -1,0 +1,153 @@
+//! BLEU as the harness computes it (spec §3.1): NLTK `corpus_bleu` on one (hypothesis, reference) pair,
+//! uniform 4-gram weights, smoothing `method3`, NLTK's brevity penalty, and `math.fsum` over the log precisions.
+//!
+//! Tokens are Python `str.split()` tokens, so punctuation stays attached and `#`/`*` labels are tokens too.
+
+use std::collections::HashMap;
+
+use crate::pystr;
+
+/// BLEU of `candidate` against `reference`, both already extracted, in `[0, 1]`.
+///
+/// Returns 0 when either side has fewer than 4 tokens (the harness's rule) or when no unigram matches.
+pub fn bleu(candidate: &str, reference: &str) -> f64 {
+    let reference: Vec<&str> = pystr::split(reference).collect();
+    let hypothesis: Vec<&str> = pystr::split(candidate).collect();
+    if reference.len() < 4 || hypothesis.len() < 4 {
+        return 0.0;
+    }
+    let mut log_precisions = [0.0_f64; 4];
+    let mut smoothing_exponent = 1_i32;
+    for (index, order) in (1..=4_usize).enumerate() {
+        let matches = clipped_matches(&hypothesis, &reference, order);
+        let denominator = (hypothesis.len() + 1).saturating_sub(order).max(1);
+        if order == 1 && matches == 0 {
+            return 0.0;
+        }
+        let precision = if matches == 0 {
+            // method3 ("NIST geometric sequence smoothing"): 1 / (2^k · d) for the k-th zero precision.
+            let smoothed = 1.0 / (2.0_f64.powi(smoothing_exponent) * denominator as f64);
+            smoothing_exponent += 1;
+            smoothed
+        } else {
+            matches as f64 / denominator as f64
+        };
+        log_precisions[index] = 0.25 * precision.ln();
+    }
+    let hyp_len = hypothesis.len() as f64;
+    let ref_len = reference.len() as f64;
+    let brevity_penalty = if hypothesis.len() > reference.len() {
+        1.0
+    } else {
+        (1.0 - ref_len / hyp_len).exp()
+    };
+    brevity_penalty * fsum(&log_precisions).exp()
+}
+
+/// Σ over distinct hypothesis n-grams of min(count in hypothesis, count in reference).
+fn clipped_matches(hypothesis: &[&str], reference: &[&str], order: usize) -> usize {
+    if hypothesis.len() < order || reference.len() < order {
+        return 0;
+    }
+    let mut reference_counts: HashMap<&[&str], usize> = HashMap::new();
+    for gram in reference.windows(order) {
+        *reference_counts.entry(gram).or_insert(0) += 1;
+    }
+    let mut matches = 0;
+    for gram in hypothesis.windows(order) {
+        if let Some(remaining) = reference_counts.get_mut(gram)
+            && *remaining > 0
+        {
+            *remaining -= 1;
+            matches += 1;
+        }
+    }
+    matches
+}
+
+/// Python's `math.fsum` (Shewchuk's exact partials plus CPython's final round-half-even correction), for finite
+/// inputs.
+pub fn fsum(values: &[f64]) -> f64 {
+    let mut partials: Vec<f64> = Vec::with_capacity(values.len());
+    for &value in values {
+        let mut x = value;
+        let mut kept = 0;
+        for j in 0..partials.len() {
+            let mut y = partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[kept] = lo;
+                kept += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(kept);
+        if x != 0.0 {
+            partials.push(x);
+        }
+    }
+    let mut n = partials.len();
+    if n == 0 {
+        return 0.0;
+    }
+    n -= 1;
+    let mut hi = partials[n];
+    let mut lo = 0.0;
+    while n > 0 {
+        let x = hi;
+        n -= 1;
+        let y = partials[n];
+        hi = x + y;
+        lo = y - (hi - x);
+        if lo != 0.0 {
+            break;
+        }
+    }
+    if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
+        let y = lo * 2.0;
+        let x = hi + y;
+        if y == x - hi {
+            hi = x;
+        }
+    }
+    hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_sides_score_zero() {
+        assert_eq!(bleu("a b c d", "a b c"), 0.0);
+        assert_eq!(bleu("a b c", "a b c d"), 0.0);
+    }
+
+    #[test]
+    fn identical_text_scores_one() {
+        assert_eq!(bleu("a: 1\nb: 2\nc: 3", "a: 1 b: 2 c: 3"), 1.0);
+    }
+
+    #[test]
+    fn python_whitespace_separates_tokens() {
+        // Python: '\x1c' is whitespace for str.split(), so these tokenise identically.
+        assert_eq!(bleu("a b\x1cc d e", "a b c d e"), 1.0);
+    }
+
+    #[test]
+    fn no_unigram_match_scores_zero() {
+        assert_eq!(bleu("w x y z", "a b c d"), 0.0);
+    }
+
+    #[test]
+    fn fsum_is_exact() {
+        // Python: math.fsum([1e100, 1.0, -1e100]) == 1.0; math.fsum([0.1]*10) == 1.0
+        assert_eq!(fsum(&[1e100, 1.0, -1e100]), 1.0);
+        assert_eq!(fsum(&[0.1; 10]), 1.0);
+        assert_eq!(fsum(&[]), 0.0);
+    }
+}
