@@ -113,9 +113,10 @@ fn fig3_section(md: &mut String, collected: &Collected) {
     );
     md.push_str(
         "| model | method | run | epochs | mean s/epoch | min s | max s | peak memory (GiB) | tokens/s | \
-         trainable / total params | optimizer | levers | rows shortened / skipped | finished |\n",
+         trainable / total params | optimizer | levers | rows shortened / skipped | device | precision | memory \
+         definition | finished |\n",
     );
-    md.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|---|\n");
+    md.push_str("|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|---|---|---|---|\n");
     for run in ordered_train_runs(collected) {
         let (mean, min, max) = match epoch_seconds(run) {
             Some((mean, min, max)) => (
@@ -144,19 +145,25 @@ fn fig3_section(md: &mut String, collected: &Collected) {
             .map(|e| format!("{} / {}", e.trainable_params, e.total_params))
             .unwrap_or_default();
         let optimizer = last.map(|e| e.optimizer.clone()).unwrap_or_default();
+        let device = distinct(run.epochs.iter().map(|e| e.device.as_str()));
+        let precision = distinct(run.epochs.iter().map(|e| e.precision.as_str()));
+        let memory_definition = distinct(run.epochs.iter().map(|e| e.memory_definition.as_str()));
         let lever_text = last.map(|e| levers(&e.levers)).unwrap_or_default();
         let shortened: u64 = run.epochs.iter().map(|e| e.rows_shortened).sum();
         let skipped: u64 = run.epochs.iter().map(|e| e.rows_skipped).sum();
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {mean} | {min} | {max} | {memory} | {rate} | {params} | {} | {} | {shortened} / \
-             {skipped} | {} |",
+             {skipped} | {} | {} | {} | {} |",
             cell(&run.label),
             run.method.as_str(),
             cell(&run.run),
             run.epochs.len(),
             cell(&optimizer),
             cell(&lever_text),
+            cell(&device),
+            cell(&precision),
+            cell(&memory_definition),
             if run.finished { "yes" } else { "no" },
         );
     }
