@@ -7,7 +7,8 @@ Pinned environment (CPython 3.11; must be <= 3.13 because 3.14 rewrote difflib's
     .cache/venv-metrics/bin/pip install nltk==3.8.1 PyYAML==6.0.2 deepdiff==6.7.1
     .cache/venv-metrics/bin/python scripts/golden_metrics.py
 
-Writes crates/metrics/tests/golden/{pairs,yaml}.jsonl. The first line of each file is a header object naming this
+Writes crates/metrics/tests/golden/{pairs,yaml}.jsonl (GOLDEN_OUT overrides the directory; GOLDEN_MUTATIONS sets
+the number of random-edit YAML parse probes, 500 by default). The first line of each file is a header object naming this
 generator and the library versions. Cases are built from data/sample/**/labeled_code.yaml (when present) plus
 built-in references, with perturbations that exercise every quirk the spec lists.
 """
@@ -28,7 +29,7 @@ from deepdiff import DeepDiff
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "crates", "metrics", "tests", "golden")
+OUT = os.environ.get("GOLDEN_OUT", os.path.join(ROOT, "crates", "metrics", "tests", "golden"))
 assert sys.version_info < (3, 14), "difflib._fancy_replace changed in 3.14; use CPython <= 3.13"
 
 
@@ -446,6 +447,15 @@ def yaml_cases():
         "binary_tag": "a: !!binary aGVsbG8=\n",
         "set_tag": "a: !!set {x, y}\n",
         "omap_tag": "a: !!omap [x: 1]\n",
+        "comment_after_flow": "a: [1]# c\nb: 2\n",
+        "comment_after_quote": "a: \"x\"# c\n",
+        "comment_after_single_quote": "a: 'x'#c\n",
+        "colon_line_start": "a: 1\n: b\n",
+        "colon_nested": "a:\n  : b\n",
+        "explicit_empty_key": "? \n: b\n",
+        "seq_empty_key": "- : a\n",
+        "flow_empty_key": "{: a}\n",
+        "flow_seq_empty_key": "a: [: b]\n",
     })
     return cases
 
@@ -482,6 +492,29 @@ KV_PAIRS = {
 }
 
 
+MUTATION_PIECES = [' ', ':', '-', '"', "'", '\n', '  ', '#', '[', ']', '{', '}', ',', '|', '>', '&a ', '*a', '!',
+                   '?', '\t', 'x', '0', '.', '%', '@']
+
+
+def mutations(refs, count, seed):
+    """Random small edits of references (insert/delete/replace a YAML-significant piece): parse-parity probes."""
+    rng = random.Random(seed)
+    texts = list(refs.values())
+    out = {}
+    for k in range(count):
+        chars = list(rng.choice(texts))
+        for _ in range(rng.randint(1, 3)):
+            op, i, piece = rng.random(), rng.randrange(len(chars)), rng.choice(MUTATION_PIECES)
+            if op < 0.4:
+                chars.insert(i, piece)
+            elif op < 0.7:
+                del chars[i]
+            else:
+                chars[i] = piece
+        out[f"mutation_{k}"] = "".join(chars)
+    return out
+
+
 def main():
     rng = random.Random(20261204)
     os.makedirs(OUT, exist_ok=True)
@@ -502,7 +535,7 @@ def main():
         names = sorted(variants)
         if ref_name.startswith("sample_"):
             # Keep the goldens small (< 2 MB): a seeded subset of perturbations per sample reference.
-            names = ["verbatim", "stripped_labels"] + rng.sample([n for n in names if n not in ("verbatim", "stripped_labels")], 4)
+            names = ["verbatim", "stripped_labels"] + rng.sample([n for n in names if n not in ("verbatim", "stripped_labels")], 3)
         for p_name in names:
             pairs.append((f"{ref_name}/{p_name}", variants[p_name], ref))
     # Long-reference specials: swapped sibling keys and a rewritten block.
@@ -533,6 +566,8 @@ def main():
         texts = dict(yaml_cases())
         for ref_name, ref in refs.items():
             texts[f"ref/{ref_name}"] = ref
+        small_refs = {k: v for k, v in refs.items() if len(v) < 700}
+        texts.update(mutations(small_refs, int(os.environ.get("GOLDEN_MUTATIONS", "500")), 20261205))
         for name, text in texts.items():
             f.write(json.dumps({"case": name, "text": text, **load_result(text)}, ensure_ascii=False) + "\n")
     print(f"{len(pairs)} pairs, {len(texts)} yaml cases -> {OUT}")

@@ -306,23 +306,62 @@ fn compose_all(text: &str) -> Result<Composed, YamlError> {
             Ok(composed) => return Ok(composed),
             Err(ComposeFailure {
                 error,
-                lenient_line: Some(line),
-            }) => match indent_line(&text, line) {
-                Some(repaired) => text = std::borrow::Cow::Owned(repaired),
-                None => return Err(error),
-            },
+                repair: Some(repair),
+            }) => {
+                let repaired = match repair {
+                    Repair::IndentLine(line) => indent_line(&text, line),
+                    Repair::SpaceBeforeComment(index) => Some(insert_space(&text, index)),
+                };
+                match repaired {
+                    Some(repaired) => text = std::borrow::Cow::Owned(repaired),
+                    None => return Err(error),
+                }
+            }
             Err(ComposeFailure { error, .. }) => return Err(error),
         }
     }
     compose_once(&text).map_err(|failure| failure.error)
 }
 
-/// A composition error, with the line to re-indent when PyYAML would have ignored the indentation.
+/// A composition error, with the edit that makes saphyr accept what PyYAML accepts, where there is one.
 struct ComposeFailure {
     error: YamlError,
-    /// Set when saphyr rejected the indentation of a continuation line inside a flow collection or a quoted scalar,
-    /// where PyYAML does not check indentation at all (the line's leading whitespace is insignificant there).
-    lenient_line: Option<usize>,
+    repair: Option<Repair>,
+}
+
+/// Input edits that do not change PyYAML's result but get saphyr (YAML 1.2) past a rule PyYAML does not have.
+enum Repair {
+    /// Saphyr rejected the indentation of a continuation line inside a flow collection or a quoted scalar, where
+    /// PyYAML does not check indentation (the line's leading whitespace is insignificant there). 1-based line.
+    IndentLine(usize),
+    /// Saphyr requires whitespace before a `#` comment that directly follows `]`, `}` or a closing quote; PyYAML
+    /// does not. Character index of the `#`.
+    SpaceBeforeComment(usize),
+}
+
+/// Inserts a space before character `index`.
+fn insert_space(text: &str, index: usize) -> String {
+    let mut repaired = String::with_capacity(text.len() + 1);
+    for (i, c) in text.chars().enumerate() {
+        if i == index {
+            repaired.push(' ');
+        }
+        repaired.push(c);
+    }
+    repaired
+}
+
+/// Whether an empty key scalar is saphyr's implicit key before a bare `:` (which PyYAML rejects), rather than the
+/// empty key of an explicit `?` entry.
+fn is_implicit_empty_key(chars: &[char], (start, end): (usize, usize)) -> bool {
+    if start != end || chars.get(start) != Some(&':') {
+        return false;
+    }
+    let previous = chars[..start]
+        .iter()
+        .rev()
+        .find(|c| !matches!(c, ' ' | '\t' | '\n' | '\r'));
+    previous != Some(&'?')
 }
 
 /// The first non-blank line after 1-based `line` whose indentation is not deeper than that line's.
@@ -370,7 +409,7 @@ fn indent_line(text: &str, line: usize) -> Option<String> {
 fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
     let fail = |error: YamlError| ComposeFailure {
         error,
-        lenient_line: None,
+        repair: None,
     };
     let chars: Vec<char> = text.chars().collect();
     let mut flow_stack: Vec<bool> = Vec::new();
@@ -399,10 +438,21 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                         Some(error.marker().line())
                     }
                 });
-                let lenient_line = lenient_line.flatten();
+                let mut repair = lenient_line.flatten().map(Repair::IndentLine);
+                let at = error.marker().index();
+                let after_closer = at
+                    .checked_sub(1)
+                    .and_then(|i| chars.get(i))
+                    .is_some_and(|c| matches!(c, ']' | '}' | '"' | '\''));
+                if message.contains("comments must be separated")
+                    && chars.get(at) == Some(&'#')
+                    && after_closer
+                {
+                    repair = Some(Repair::SpaceBeforeComment(at));
+                }
                 return Err(ComposeFailure {
                     error: YamlError::Syntax(error.to_string()),
-                    lenient_line,
+                    repair,
                 });
             }
         };
@@ -447,6 +497,24 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                     && range.1 >= text_chars
                 {
                     value = fix_final_block_scalar(text, range.0, value);
+                }
+                let is_key = matches!(
+                    stack.last(),
+                    Some(OpenNode::Map {
+                        pending_key: None,
+                        ..
+                    })
+                );
+                if is_key
+                    && value.is_empty()
+                    && anchor == 0
+                    && tag.is_none()
+                    && is_implicit_empty_key(&chars, range)
+                {
+                    return Err(fail(YamlError::Syntax(format!(
+                        "a mapping value without a key at character {} (PyYAML needs `?` for an empty key)",
+                        range.0
+                    ))));
                 }
                 let node = Rc::new(Node::Scalar {
                     value,
