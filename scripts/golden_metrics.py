@@ -491,6 +491,31 @@ KV_PAIRS = {
     "unicode_ws": ("a:\u3000b c d e\n", "a: b c d e\n"),
 }
 
+POD = BUILTIN_REFERENCES["pod"]
+EXTRACTION_CASES = {
+    # Model-output shapes: where the harness's post-processing keeps, cuts or breaks the YAML.
+    "here_after_code": "```yaml\n" + POD + "```\nHere is an explanation:\n- it runs nginx\n",
+    "here_inside_yaml": POD.replace("app: web", "app: web # Here it is", 1),
+    "two_fences": "```yaml\n" + POD + "```\nand\n```yaml\nkind: Other\n```\n",
+    "unclosed_fence": "Sure.\n```yaml\n" + POD,
+    "api_in_comment": "# uses apiVersion: v2 later\n" + POD,
+    "api_in_value": "description: set apiVersion: v1\n" + POD,
+    "chinese_prose": "这是您的配置：\n```yaml\n" + POD + "```\n希望对您有帮助。",
+    "html_code": "<pre><code>" + POD + "</code></pre>",
+    "end_solution_only": POD + "END SOLUTION\ntrailing",
+    "end_latex_literal": POD + "\\end\\{code\\}\ntrailing",
+    "crlf_here": "Here is the file:\r\n" + POD.replace("\n", "\r\n"),
+    "here_unicode_boundary": "éHere\n" + POD,
+    "here_digit_boundary": "Here1\n" + POD,
+    "here_underscore": "x_Here\n" + POD,
+    "here_punct": "(Here)\n" + POD,
+    "only_prose": "I cannot help with that request.",
+    "empty_output": "",
+    "whitespace_output": " \n\t\x1c\n",
+    "fence_no_newline": "```apiVersion: v1\nkind: Pod```",
+    "static_resources_first": "admin:\n  address: x\nstatic_resources:\n  listeners: []\n",
+}
+
 
 MUTATION_PIECES = [' ', ':', '-', '"', "'", '\n', '  ', '#', '[', ']', '{', '}', ',', '|', '>', '&a ', '*a', '!',
                    '?', '\t', 'x', '0', '.', '%', '@']
@@ -552,6 +577,8 @@ def main():
     pairs.append(("long_222/shuffled", "\n".join(shuffled), long_reference()))
     for name, (cand, ref) in KV_PAIRS.items():
         pairs.append((name, cand, ref))
+    for name, output in EXTRACTION_CASES.items():
+        pairs.append((f"extract/{name}", output, POD))
     for name, text in yaml_cases().items():
         pairs.append((f"yaml/{name}", text, "a: 1\nb: 2\nk: v\nx: y\n"))
     with open(os.path.join(OUT, "pairs.jsonl"), "w", encoding="utf-8") as f:
