@@ -15,6 +15,13 @@ Usage (from the repository root):
     .cache/venv-fixtures/bin/pip install torch==2.15.0 transformers==5.25.0 tokenizers==0.23.3 \
         safetensors==0.8.0 peft==0.21.2 gguf==0.19.0 accelerate==1.16.0 numpy==2.4.6
     .cache/venv-fixtures/bin/python scripts/make_fixtures.py [--only NAME ...]
+    .cache/venv-fixtures/bin/python scripts/make_fixtures.py --assets   # goldens from .cache/assets (below)
+
+`--assets` needs `scripts/fetch-assets.sh` to have run. It writes, under crates/model/tests/fixtures/assets/,
+small goldens computed from the fetched artefacts (never the artefacts themselves): Mistral v0.1 token ids from
+Python `tokenizers` on the fetched tokenizer.json (whose ids equal SentencePiece's, see
+/work/shared/docs/offline-artefacts.md §2), chat-template renderings by transformers, and the SmolLM2 GGUF
+reference (transformers' own GGUF conversion: weight checksums, top-20 logits, tokenizer ids).
 """
 
 from __future__ import annotations
@@ -386,12 +393,144 @@ def make_fixture(name: str, spec: dict, base_tok: Tokenizer, seed: int) -> dict:
     return {"name": name, "params": sum(p.numel() for p in model.parameters()), "rope": loaded_rope}
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Goldens from the fetched assets.
+
+ASSETS = ROOT / ".cache" / "assets"
+ASSET_GOLDENS = FIXTURES / "assets"
+
+YAML_PROBES = [
+    "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: nginx-deployment\n  labels:\n    app: nginx\n",
+    "spec:\n  replicas: 3\n  template:\n    spec:\n      containers:\n      - name: nginx\n        image: nginx:1.14.2\n",
+    "        ports:\n        - containerPort: 80\n\tresources: {limits: {cpu: \"500m\", memory: 128Mi}}",
+    "Create a Service named my-service that targets TCP port 9376 on pods labelled app=MyApp.",
+    "data:\n  game.properties: |\n    enemies=aliens\n    lives=3\n  ui.properties: 'color.good=purple'\n",
+    "# comment with unicode: café 東京 🚀\n---\nkind: ConfigMap",
+    " leading space, trailing space ",
+    "",
+]
+
+
+def asset(path: str) -> Path:
+    p = ASSETS / path
+    if not p.exists():
+        raise SystemExit(f"{p} is missing: run scripts/fetch-assets.sh")
+    return p
+
+
+def mistral_goldens() -> dict:
+    tok = Tokenizer.from_file(str(asset("tokenizers/mistral-v0.1/tokenizer.json")))
+    return {
+        "source": "Python tokenizers " + __import__("tokenizers").__version__
+                  + " on .cache/assets/tokenizers/mistral-v0.1/tokenizer.json, add_special_tokens=False",
+        "cases": [{"text": t, "ids": tok.encode(t, add_special_tokens=False).ids} for t in YAML_PROBES],
+    }
+
+
+def chat_goldens() -> dict:
+    llama3_dir = asset("tokenizers/llama3")
+    hf_tok = AutoTokenizer.from_pretrained(llama3_dir)
+    conversations = {
+        "user": [{"role": "user", "content": "Create a Service named web that exposes port 80."}],
+        "system_user": [{"role": "system", "content": "  You write Kubernetes YAML.  "},
+                        {"role": "user", "content": "Create a ConfigMap\nwith two keys."}],
+    }
+    cases = []
+    for template_name, template in [
+        ("tokenizers/llama3/tokenizer_config.json", None),
+        ("chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja",
+         asset("chat-templates/meta-llama-Llama-3.1-8B-Instruct.jinja").read_text()),
+    ]:
+        for conv_name, messages in conversations.items():
+            for gen in (True, False):
+                cases.append({
+                    "template": template_name,
+                    "conversation": conv_name,
+                    "add_generation_prompt": gen,
+                    "rendered": hf_tok.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                           add_generation_prompt=gen),
+                })
+    return {"source": "transformers " + __import__("transformers").__version__ + " apply_chat_template",
+            "bos_token": hf_tok.bos_token, "eos_token": hf_tok.eos_token,
+            "conversations": conversations, "cases": cases}
+
+
+def checksum(w: torch.Tensor) -> dict:
+    """Order-sensitive summary of a weight: a row-weighted sum catches a permutation of rows (the q/k rotary
+    layout) that a plain sum would not."""
+    w = w.detach().to(torch.float64)
+    rows = torch.arange(1, w.shape[0] + 1, dtype=torch.float64)
+    weighted = (w * rows.reshape(-1, *([1] * (w.ndim - 1)))).sum().item()
+    sample_rows = sorted({0, 1, 2, w.shape[0] // 3, w.shape[0] // 2 + 1, w.shape[0] - 1})
+    return {
+        "shape": list(w.shape),
+        "sum": w.sum().item(),
+        "abs_sum": w.abs().sum().item(),
+        "row_weighted_sum": weighted,
+        "samples": {str(r): [f32(x) for x in (w[r, :4] if w.ndim == 2 else w[r:r + 1])] for r in sample_rows},
+    }
+
+
+def gguf_goldens() -> dict:
+    gguf_path = asset("smollm2-135m-instruct.gguf")
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+             "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+             "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+             "model.layers.0.input_layernorm.weight", "model.layers.29.self_attn.q_proj.weight",
+             "model.layers.29.self_attn.k_proj.weight", "model.layers.29.mlp.down_proj.weight",
+             "model.layers.29.post_attention_layernorm.weight", "model.norm.weight"]
+    state = model.state_dict()
+    prompt = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name:"
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    positions = [len(ids) - 3, len(ids) - 2, len(ids) - 1]
+    top = []
+    for p in positions:
+        t = torch.topk(logits[p], 20)
+        top.append({"position": p, "ids": t.indices.tolist(), "values": [f32(v) for v in t.values]})
+    cfg = model.config
+    return {
+        "source": "transformers " + __import__("transformers").__version__ + " GGUF loading (gguf "
+                  + __import__("importlib.metadata").metadata.version("gguf") + "), f32, eager forward, no BOS",
+        "gguf_sha256": hashlib.sha256(gguf_path.read_bytes()).hexdigest(),
+        "config": {k: getattr(cfg, k) for k in ["vocab_size", "hidden_size", "intermediate_size",
+                                                 "num_hidden_layers", "num_attention_heads",
+                                                 "num_key_value_heads", "rms_norm_eps", "max_position_embeddings",
+                                                 "tie_word_embeddings", "bos_token_id", "eos_token_id",
+                                                 "pad_token_id"]}
+                  | {"rope_theta": cfg.rope_parameters["rope_theta"]},
+        "weights": {n: checksum(state[n]) for n in names},
+        "prompt": prompt,
+        "prompt_ids": ids,
+        "top20": top,
+        "tokenizer": [{"text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]} for t in YAML_PROBES],
+        "special_ids": {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id},
+    }
+
+
+def make_asset_goldens() -> None:
+    ASSET_GOLDENS.mkdir(parents=True, exist_ok=True)
+    write_json(ASSET_GOLDENS / "mistral-v0.1-tokenizer.json", mistral_goldens())
+    write_json(ASSET_GOLDENS / "llama3-chat.json", chat_goldens())
+    write_json(ASSET_GOLDENS / "smollm2-gguf.json", gguf_goldens())
+    for f in sorted(ASSET_GOLDENS.iterdir()):
+        print(hashlib.sha256(f.read_bytes()).hexdigest()[:16], f.relative_to(FIXTURES), f.stat().st_size)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="fixture names to (re)generate; default all")
+    ap.add_argument("--assets", action="store_true", help="write the goldens computed from .cache/assets")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    if args.assets:
+        make_asset_goldens()
+        return
     base_tok = train_tokenizer()
     for i, (name, spec) in enumerate(FIXTURE_SPECS.items()):
         if args.only and name not in args.only:

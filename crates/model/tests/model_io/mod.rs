@@ -1,0 +1,6 @@
+//! model-io: tokenization (`TextCodec`), chat templates, the paper tokenizers' goldens, and model sources.
+
+mod chat_templates;
+mod support;
+mod text_codec;
+mod tokenizer_goldens;
