@@ -1,0 +1,323 @@
+//! One optimiser step on a group of micro-batches: forward, masked loss, backward, update.
+//!
+//! Two execution paths compute the same mathematics:
+//! - **whole graph** (no memory lever): `model.forward` → loss → one `backward()` per micro-batch, gradients
+//!   summed over the gradient-accumulation group, optional clipping, one AdamW step;
+//! - **per block** (`memory.recompute` and/or `memory.optimizer_in_backward`): the decoder runs block by block
+//!   with a detached input at each block boundary. Backward walks the blocks from the top: the head (final norm,
+//!   `lm_head` and the loss, in row chunks so the `(rows, vocab)` logits never exist at once) first, then each block
+//!   with `(output · grad_output).sum().backward()`, which yields the block's parameter gradients and the
+//!   gradient for the block below. With `recompute`, the forward keeps only each block's input and the block's
+//!   graph is rebuilt right before its backward; with `optimizer_in_backward`, each block's parameters are
+//!   stepped and their gradients dropped as soon as the block's backward is done. Parameters used outside the
+//!   blocks (embeddings, final norm, `lm_head`, tied or not) are stepped last, once their gradients from the head
+//!   and the embedding are summed.
+//!
+//! The loss of a group is `Σ_micro-batches Σ_target-tokens NLL / (target tokens of the group)`, so each
+//! micro-batch's backward is scaled by `1 / group target tokens` and the sum of the gradients is the gradient of
+//! the group's mean token loss. A non-finite loss is detected before any parameter changes.
+
+use std::collections::HashMap;
+
+use candle_core::{Tensor, TensorId, Var};
+use task::config::MemorySection;
+
+use crate::batch::Batch;
+use crate::error::{TensorContext, TrainError};
+use crate::loss;
+use crate::optim::{AdamW, clip_grad_norm};
+
+/// Backpropagates `grad_output` (a constant) into the graph of `output`: the gradients of `Σ output · grad_output`.
+fn backward_with(output: &Tensor, grad_output: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
+    model::ops::const_mul(output, &grad_output.to_dtype(output.dtype())?)?.sum_all()?.backward()
+}
+
+/// What a step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Σ token NLL over the group's target tokens.
+    pub loss_sum: f64,
+    /// Target tokens of the group.
+    pub target_tokens: u64,
+    /// Non-padding tokens of the group.
+    pub non_padding_tokens: u64,
+    /// Global gradient norm before clipping (only computed when clipping).
+    pub grad_norm: Option<f64>,
+    /// False when the loss was not finite: no parameter was changed.
+    pub applied: bool,
+}
+
+/// How the step is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Levers {
+    /// Recompute block activations in backward instead of keeping them.
+    pub recompute: bool,
+    /// Step each block's parameters as soon as its gradients exist.
+    pub optimizer_in_backward: bool,
+}
+
+/// When a parameter's gradient is complete during a per-block backward (the order of the phases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Final norm and untied `lm_head`: complete after the head's backward.
+    Head,
+    /// `model.layers.{i}.*` (base weights or adapters): complete after block `i`'s backward.
+    Block(usize),
+    /// The embeddings (also the tied `lm_head`): complete last.
+    Embed,
+}
+
+/// The phase of a parameter from its HF or PEFT name.
+fn phase_of(name: &str) -> Phase {
+    if let Some(rest) = name.split("layers.").nth(1)
+        && let Some(index) = rest.split('.').next().and_then(|i| i.parse().ok())
+    {
+        return Phase::Block(index);
+    }
+    if name.contains("embed_tokens") { Phase::Embed } else { Phase::Head }
+}
+
+/// Rows of the `(rows, vocab)` logits computed at once in the per-block head: about 32 M logits (128 MiB f32).
+fn head_chunk_rows(vocab: usize) -> usize {
+    ((32usize << 20) / vocab.max(1)).max(1)
+}
+
+/// Runs training steps for one model and optimiser.
+#[derive(Debug)]
+pub struct Engine {
+    levers: Levers,
+    max_grad_norm: Option<f64>,
+    /// Optimiser parameter index of every trainable tensor.
+    index_of: HashMap<TensorId, usize>,
+    /// Phase of every optimiser parameter, by index.
+    phases: Vec<Phase>,
+}
+
+fn model_err(context: &str) -> impl FnOnce(model::Error) -> TrainError + '_ {
+    move |source| TrainError::Model { context: context.to_owned(), source }
+}
+
+impl Engine {
+    /// An engine for `lm`'s trainable variables as ordered in `optimizer`.
+    pub fn new(optimizer: &AdamW, memory: &MemorySection, max_grad_norm: Option<f64>) -> Self {
+        let index_of = optimizer.vars().enumerate().map(|(i, (_, var))| (var.as_tensor().id(), i)).collect();
+        let phases = optimizer.vars().map(|(name, _)| phase_of(name)).collect();
+        Self {
+            levers: Levers { recompute: memory.recompute, optimizer_in_backward: memory.optimizer_in_backward },
+            max_grad_norm,
+            index_of,
+            phases,
+        }
+    }
+
+    /// The levers this engine runs with.
+    pub fn levers(&self) -> Levers {
+        self.levers
+    }
+
+    /// The per-block path (see the module doc). With `optimizer_in_backward` the group holds one micro-batch
+    /// (the plan check enforces `grad_accum = 1`) and the optimiser step is spread over the backward.
+    fn per_block_step(
+        &self,
+        lm: &model::CausalLm,
+        optimizer: &mut AdamW,
+        micro_batches: &[Batch],
+        lr: f64,
+        target_tokens: u64,
+        non_padding_tokens: u64,
+    ) -> Result<StepStats, TrainError> {
+        let scale = 1.0 / target_tokens.max(1) as f64;
+        let in_backward = self.levers.optimizer_in_backward;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
+        let mut loss_sum = 0f64;
+        if in_backward {
+            optimizer.begin_step();
+        }
+        for batch in micro_batches {
+            let ctx = lm.prepare(&batch.attention_mask).map_err(model_err("preparing the forward"))?;
+            let rng = lm.rng();
+            let layers = lm.num_layers();
+            let embedded = lm.embed(&batch.input_ids).map_err(model_err("embedding"))?;
+            // Forward block by block; each block starts from a detached copy of the previous output.
+            let mut hidden = embedded.detach();
+            let mut rng_before = Vec::with_capacity(layers);
+            let mut kept: Vec<(Var, Tensor)> = Vec::with_capacity(if self.levers.recompute { 0 } else { layers });
+            let mut inputs: Vec<Tensor> = Vec::with_capacity(if self.levers.recompute { layers } else { 0 });
+            for layer in 0..layers {
+                rng_before.push(rng.state());
+                if self.levers.recompute {
+                    let out = lm.block_forward(layer, &hidden, &ctx, true).map_err(model_err("block forward"))?;
+                    inputs.push(hidden);
+                    hidden = out.detach();
+                } else {
+                    let input = Var::from_tensor(&hidden).ctx("block input")?;
+                    let out = lm.block_forward(layer, input.as_tensor(), &ctx, true).map_err(model_err("block forward"))?;
+                    hidden = out.detach();
+                    kept.push((input, out));
+                }
+            }
+            let rng_after = rng.state();
+
+            // Head: final norm (through a variable so its backward runs once), then lm_head + loss in row chunks.
+            let last = Var::from_tensor(&hidden).ctx("head input")?;
+            let normed = lm.final_hidden(last.as_tensor()).map_err(model_err("final norm"))?;
+            let (b, t, width) = normed.dims3().ctx("hidden shape")?;
+            let normed_var = Var::from_tensor(&normed.detach()).ctx("head input")?;
+            let rows = normed_var.as_tensor().narrow(1, 0, t - 1).and_then(|x| x.reshape((b * (t - 1), width))).ctx("head rows")?;
+            let targets = batch.targets.reshape(b * (t - 1)).ctx("targets")?;
+            let mask = batch.target_mask.reshape(b * (t - 1)).ctx("target mask")?;
+            let chunk = head_chunk_rows(lm.config().vocab_size);
+            let mut batch_loss = 0f64;
+            let mut grad_normed: Option<Tensor> = None;
+            let mut start = 0;
+            while start < b * (t - 1) {
+                let len = chunk.min(b * (t - 1) - start);
+                let logits = lm.lm_head(&rows.narrow(0, start, len).ctx("head chunk")?).map_err(model_err("lm_head"))?;
+                let nll = loss::nll_rows(
+                    &logits,
+                    &targets.narrow(0, start, len).ctx("head chunk")?,
+                    &mask.narrow(0, start, len).ctx("head chunk")?,
+                )
+                .ctx("loss")?;
+                batch_loss += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
+                let store = (nll * scale).ctx("scaling the loss")?.backward().ctx("head backward")?;
+                self.accumulate(&store, &mut grads)?;
+                if let Some(g) = store.get(normed_var.as_tensor()) {
+                    grad_normed = Some(match grad_normed.take() {
+                        Some(sum) => (sum + g).ctx("accumulating the head gradient")?,
+                        None => g.clone(),
+                    });
+                }
+                start += len;
+            }
+            loss_sum += batch_loss;
+            if !loss_sum.is_finite() {
+                // Nothing has been applied yet: the head's parameters are stepped only below.
+                rng.set_state(rng_after);
+                return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: false });
+            }
+            let grad_normed = match grad_normed {
+                Some(g) => g,
+                None => normed_var.as_tensor().zeros_like().ctx("zero gradient")?,
+            };
+            let store = backward_with(&normed, &grad_normed).ctx("final norm backward")?;
+            self.accumulate(&store, &mut grads)?;
+            let mut grad = store.get(last.as_tensor()).cloned();
+            drop(store);
+            if in_backward {
+                self.apply_phase(optimizer, &mut grads, Phase::Head, lr)?;
+            }
+
+            // Blocks from the top: recompute (replaying the block's dropout masks) or reuse the kept graph.
+            for layer in (0..layers).rev() {
+                let Some(grad_out) = grad.take() else { break };
+                let (input, out) = if self.levers.recompute {
+                    let input = Var::from_tensor(&inputs[layer]).ctx("block input")?;
+                    rng.set_state(rng_before[layer]);
+                    let out = lm.block_forward(layer, input.as_tensor(), &ctx, true).map_err(model_err("block recompute"))?;
+                    (input, out)
+                } else {
+                    kept.pop().ok_or_else(|| TrainError::Tensor {
+                        context: format!("block {layer}"),
+                        source: candle_core::Error::Msg("missing kept activation".into()),
+                    })?
+                };
+                let store = backward_with(&out, &grad_out).ctx("block backward")?;
+                self.accumulate(&store, &mut grads)?;
+                grad = store.get(input.as_tensor()).cloned();
+                drop(store);
+                if in_backward {
+                    self.apply_phase(optimizer, &mut grads, Phase::Block(layer), lr)?;
+                }
+            }
+            rng.set_state(rng_after);
+            if let Some(grad_embedded) = grad
+                && self.phases.contains(&Phase::Embed)
+            {
+                let store = backward_with(&embedded, &grad_embedded).ctx("embedding backward")?;
+                self.accumulate(&store, &mut grads)?;
+            }
+            if in_backward {
+                self.apply_phase(optimizer, &mut grads, Phase::Embed, lr)?;
+            }
+        }
+        if in_backward {
+            return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: true });
+        }
+        let grad_norm = match self.max_grad_norm {
+            Some(max) => Some(clip_grad_norm(&mut grads, max).ctx("clipping gradients")?),
+            None => None,
+        };
+        optimizer.step(&grads, lr).ctx("optimizer step")?;
+        Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm, applied: true })
+    }
+
+    /// Steps the parameters of `phase` with their (now complete) gradients and frees those gradients.
+    fn apply_phase(&self, optimizer: &mut AdamW, grads: &mut [Option<Tensor>], phase: Phase, lr: f64) -> Result<(), TrainError> {
+        for (index, p) in self.phases.iter().enumerate() {
+            if *p == phase
+                && let Some(grad) = grads[index].take()
+            {
+                optimizer.step_param(index, &grad, lr).ctx("optimizer step")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One optimiser step over `micro_batches` (the gradient-accumulation group) at learning rate `lr`.
+    pub fn train_step(
+        &self,
+        lm: &model::CausalLm,
+        optimizer: &mut AdamW,
+        micro_batches: &[Batch],
+        lr: f64,
+    ) -> Result<StepStats, TrainError> {
+        let target_tokens: u64 = micro_batches.iter().map(|b| b.target_tokens).sum();
+        let non_padding_tokens: u64 = micro_batches.iter().map(|b| b.non_padding_tokens).sum();
+        if self.levers.recompute || self.levers.optimizer_in_backward {
+            return self.per_block_step(lm, optimizer, micro_batches, lr, target_tokens, non_padding_tokens);
+        }
+        let scale = 1.0 / target_tokens.max(1) as f64;
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
+        let mut loss_sum = 0f64;
+        for batch in micro_batches {
+            let logits = lm.forward(&batch.input_ids, &batch.attention_mask, true).map_err(model_err("forward"))?;
+            let nll = loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("loss")?;
+            let value = f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
+            loss_sum += value;
+            if !loss_sum.is_finite() {
+                return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: false });
+            }
+            let store = (nll * scale).ctx("scaling the loss")?.backward().ctx("backward")?;
+            self.accumulate(&store, &mut grads)?;
+        }
+        let grad_norm = match self.max_grad_norm {
+            Some(max) => Some(clip_grad_norm(&mut grads, max).ctx("clipping gradients")?),
+            None => None,
+        };
+        optimizer.step(&grads, lr).ctx("optimizer step")?;
+        Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm, applied: true })
+    }
+
+    /// Adds every trainable variable's gradient in `store` to `grads`; other entries (frozen operands) are dropped
+    /// with the store.
+    fn accumulate(&self, store: &candle_core::backprop::GradStore, grads: &mut [Option<Tensor>]) -> Result<(), TrainError> {
+        for (id, &index) in &self.index_of {
+            if let Some(grad) = store.get_id(*id) {
+                grads[index] = Some(match grads[index].take() {
+                    Some(sum) => (sum + grad).ctx("accumulating gradients")?,
+                    None => grad.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Σ token NLL of a batch without dropout or gradients (validation).
+    pub fn eval_loss_sum(&self, lm: &model::CausalLm, batch: &Batch) -> Result<f64, TrainError> {
+        let logits = lm.forward(&batch.input_ids, &batch.attention_mask, false).map_err(model_err("forward"))?;
+        let logits = logits.detach();
+        let nll = loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("validation loss")?;
+        Ok(f64::from(nll.to_scalar::<f32>().ctx("reading the validation loss")?))
+    }
+}
