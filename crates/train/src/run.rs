@@ -392,7 +392,7 @@ fn optimizer_label(plan: &TrainPlan) -> String {
     let o = &plan.optim;
     let clip = o.max_grad_norm.map_or_else(String::new, |n| format!(", clip {n}"));
     format!(
-        "AdamW(betas=[{}, {}], eps={}, weight_decay={}, moments={}{}{})",
+        "AdamW(betas=[{}, {}], eps={:e}, weight_decay={}, moments={}{}{})",
         o.betas[0],
         o.betas[1],
         o.eps,
