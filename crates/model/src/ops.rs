@@ -1,0 +1,234 @@
+//! Training-safe tensor operations.
+//!
+//! Every op here records a backward pass (or deliberately records only the input's). The central piece is
+//! [`ConstOperand`]: `x·Cᵀ`, `x*C` or `x+C` where `C` is a constant (a frozen weight, a RoPE table, a mask, a frozen
+//! norm gain). candle's own `matmul`/`mul`/`add` backward computes and stores a gradient for *both* operands, even a
+//! constant one, and since a constant is never visited that gradient stays in the `GradStore` (a weight-sized buffer
+//! per frozen linear under LoRA). `ConstOperand`'s backward returns the input's gradient only.
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::{Add, Mul};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Storage, Tensor, Var};
+
+/// How the constant combines with the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConstKind {
+    /// `x (m, k) · Cᵀ` with `C (n, k)`.
+    MatmulT,
+    /// `x * C`, `C` broadcast to `x`'s shape.
+    Mul,
+    /// `x + C`, `C` broadcast to `x`'s shape.
+    Add,
+}
+
+/// The "const operand" custom op: combines the tracked input with an untracked constant and back-propagates
+/// to the input only.
+struct ConstOperand {
+    kind: ConstKind,
+    constant: Tensor,
+}
+
+impl ConstOperand {
+    fn fwd<S: BackendStorage>(&self, x: &S, x_layout: &Layout, c: &S, c_layout: &Layout) -> candle_core::Result<(S, Shape)> {
+        match self.kind {
+            ConstKind::MatmulT => {
+                let (m, k) = x_layout.shape().dims2()?;
+                let (n, k2) = c_layout.shape().dims2()?;
+                if k != k2 {
+                    candle_core::bail!("const matmul: input width {k} != weight width {k2}");
+                }
+                let c_t = c_layout.transpose(0, 1)?;
+                let out = x.matmul(c, (1, m, n, k), x_layout, &c_t)?;
+                Ok((out, Shape::from((m, n))))
+            }
+            ConstKind::Mul | ConstKind::Add => {
+                let shape = x_layout.shape().clone();
+                let c_b = c_layout.broadcast_as(shape.clone())?;
+                let out = if self.kind == ConstKind::Mul {
+                    x.binary_impl::<Mul>(c, x_layout, &c_b)?
+                } else {
+                    x.binary_impl::<Add>(c, x_layout, &c_b)?
+                };
+                Ok((out, shape))
+            }
+        }
+    }
+}
+
+impl CustomOp1 for ConstOperand {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            ConstKind::MatmulT => "const-matmul-t",
+            ConstKind::Mul => "const-mul",
+            ConstKind::Add => "const-add",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (c_storage, c_layout) = self.constant.storage_and_layout();
+        match &*c_storage {
+            Storage::Cpu(c) => self.fwd(storage, layout, c, c_layout),
+            _ => candle_core::bail!("{}: input on CPU but constant is not", self.name()),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (c_storage, c_layout) = self.constant.storage_and_layout();
+        match &*c_storage {
+            Storage::Cuda(c) => self.fwd(storage, layout, c, c_layout),
+            _ => candle_core::bail!("{}: input on CUDA but constant is not", self.name()),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = match self.kind {
+            // y = x·Cᵀ  ⇒  dx = dy·C
+            ConstKind::MatmulT => grad_res.matmul(&self.constant)?,
+            ConstKind::Mul => grad_res.broadcast_mul(&self.constant)?,
+            ConstKind::Add => grad_res.clone(),
+        };
+        Ok(Some(grad))
+    }
+}
+
+fn constant_like(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    // The constant must not be tracked itself, or its own graph would be lost silently.
+    let c = c.detach();
+    if c.dtype() == x.dtype() { Ok(c) } else { c.to_dtype(x.dtype()) }
+}
+
+/// `x · wᵀ` for a constant `w (n, k)` and `x (..., k)`: gradient to `x` only.
+pub fn const_matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let w = constant_like(x, w)?;
+    let mut out_dims = x.dims().to_vec();
+    let k = out_dims.pop().ok_or_else(|| candle_core::Error::Msg("const matmul of a scalar".into()))?;
+    let n = w.dim(0)?;
+    let m = x.elem_count() / k.max(1);
+    let x2 = if x.rank() == 2 { x.clone() } else { x.reshape((m, k))? };
+    let x2 = if x2.is_contiguous() { x2 } else { x2.contiguous()? };
+    out_dims.push(n);
+    x2.apply_op1(ConstOperand { kind: ConstKind::MatmulT, constant: w })?.reshape(out_dims)
+}
+
+/// `x * c` for a constant `c` broadcastable to `x`: gradient to `x` only.
+pub fn const_mul(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    let c = constant_like(x, c)?;
+    x.apply_op1(ConstOperand { kind: ConstKind::Mul, constant: c })
+}
+
+/// `x + c` for a constant `c` broadcastable to `x`: gradient to `x` only.
+pub fn const_add(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    let c = constant_like(x, c)?;
+    x.apply_op1(ConstOperand { kind: ConstKind::Add, constant: c })
+}
+
+/// A model parameter: a frozen tensor (no gradient, enters the graph through [`ConstOperand`]) or a trainable
+/// [`Var`].
+#[derive(Debug, Clone)]
+pub enum Param {
+    /// Not trained; gradients never reach it.
+    Frozen(Tensor),
+    /// Trained; gets a gradient in every backward pass that uses it.
+    Trainable(Var),
+}
+
+impl Param {
+    /// The current value.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Param::Frozen(t) => t,
+            Param::Trainable(v) => v.as_tensor(),
+        }
+    }
+
+    /// Whether an optimiser updates this parameter.
+    pub fn is_trainable(&self) -> bool {
+        matches!(self, Param::Trainable(_))
+    }
+
+    /// `x · selfᵀ` (a linear layer without bias).
+    pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Param::Frozen(w) => const_matmul_t(x, w),
+            Param::Trainable(w) => {
+                let w = w.as_tensor();
+                let mut dims = x.dims().to_vec();
+                let k = dims.pop().unwrap_or(1);
+                let m = x.elem_count() / k.max(1);
+                dims.push(w.dim(0)?);
+                x.reshape((m, k))?.matmul(&w.t()?)?.reshape(dims)
+            }
+        }
+    }
+
+    /// `x * self`, broadcast.
+    pub fn mul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Param::Frozen(c) => const_mul(x, c),
+            Param::Trainable(c) => x.broadcast_mul(c.as_tensor()),
+        }
+    }
+}
+
+/// RMSNorm as HF computes it: in f32, `gain * (x / sqrt(mean(x²) + eps)).to(x.dtype)`. Only differentiable ops.
+pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let normed = xf.broadcast_mul(&inv)?.to_dtype(dtype)?;
+    gain.mul(&normed)
+}
+
+/// HF's `rotate_half`: `cat(-x2, x1)` over the last dimension.
+fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+/// Rotary embedding, HF layout (halves, not interleaved pairs): `x*cos + rotate_half(x)*sin`. `x: (b, h, t, d)`,
+/// `cos`/`sin: (b, 1, t, d)` constants.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    const_mul(x, cos)? + const_mul(&rotate_half(x)?, sin)?
+}
+
+/// Softmax over the last dimension, from differentiable primitives (candle's fused `softmax_last_dim` has no
+/// backward pass).
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn const_ops_match_plain_ops_and_skip_the_constant_gradient() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::arange(0f32, 12., &dev)?.reshape((2, 2, 3))?)?;
+        let w = (Tensor::arange(0f32, 12., &dev)?.reshape((4, 3))? * 0.1)?;
+        let y = const_matmul_t(x.as_tensor(), &w)?;
+        let expected = x.as_tensor().reshape((4, 3))?.matmul(&w.t()?)?.reshape((2, 2, 4))?;
+        assert_eq!(y.to_vec3::<f32>()?, expected.to_vec3::<f32>()?);
+        let c = Tensor::new(&[1f32, 2., 3.], &dev)?;
+        let z = const_add(&const_mul(&y.narrow(2, 0, 3)?, &c)?, &c)?;
+        let grads = z.sum_all()?.backward()?;
+        assert!(grads.get(&w).is_none(), "frozen weight got a gradient");
+        assert!(grads.get(&c).is_none(), "constant got a gradient");
+        // d/dx sum((x·wᵀ)[..., :3] * c + c) = sum_j c_j w_j
+        let gx = grads.get(x.as_tensor()).expect("input gradient").to_vec3::<f32>()?;
+        let w_rows = w.narrow(0, 0, 3)?.to_vec2::<f32>()?;
+        for (col, g) in gx[0][0].iter().enumerate() {
+            let want: f32 = (0..3).map(|j| (j as f32 + 1.) * w_rows[j][col]).sum();
+            assert!((g - want).abs() < 1e-5, "{g} vs {want}");
+        }
+        Ok(())
+    }
+}
