@@ -3,23 +3,34 @@
 //!
 //! Tokens are Python `str.split()` tokens, so punctuation stays attached and `#`/`*` labels are tokens too.
 
-use std::collections::HashMap;
-
+use crate::fasthash::FxHashMap;
 use crate::pystr;
 
 /// BLEU of `candidate` against `reference`, both already extracted, in `[0, 1]`.
 ///
 /// Returns 0 when either side has fewer than 4 tokens (the harness's rule) or when no unigram matches.
-pub fn bleu(candidate: &str, reference: &str) -> f64 {
+pub fn bleu<'t>(candidate: &'t str, reference: &'t str) -> f64 {
     let reference: Vec<&str> = pystr::split(reference).collect();
     let hypothesis: Vec<&str> = pystr::split(candidate).collect();
     if reference.len() < 4 || hypothesis.len() < 4 {
         return 0.0;
     }
+    let mut vocabulary: FxHashMap<&'t str, u32> = FxHashMap::default();
+    let mut intern = |tokens: &[&'t str]| -> Vec<u32> {
+        tokens
+            .iter()
+            .map(|token| {
+                let next = vocabulary.len() as u32;
+                *vocabulary.entry(token).or_insert(next)
+            })
+            .collect()
+    };
+    let reference_ids = intern(&reference);
+    let hypothesis_ids = intern(&hypothesis);
     let mut log_precisions = [0.0_f64; 4];
     let mut smoothing_exponent = 1_i32;
     for (index, order) in (1..=4_usize).enumerate() {
-        let matches = clipped_matches(&hypothesis, &reference, order);
+        let matches = clipped_matches(&hypothesis_ids, &reference_ids, order);
         let denominator = (hypothesis.len() + 1).saturating_sub(order).max(1);
         if order == 1 && matches == 0 {
             return 0.0;
@@ -45,17 +56,20 @@ pub fn bleu(candidate: &str, reference: &str) -> f64 {
 }
 
 /// Σ over distinct hypothesis n-grams of min(count in hypothesis, count in reference).
-fn clipped_matches(hypothesis: &[&str], reference: &[&str], order: usize) -> usize {
+///
+/// Tokens are interned to small integers first, so an n-gram (n ≤ 4) is one `u128` key.
+fn clipped_matches(hypothesis: &[u32], reference: &[u32], order: usize) -> usize {
     if hypothesis.len() < order || reference.len() < order {
         return 0;
     }
-    let mut reference_counts: HashMap<&[&str], usize> = HashMap::new();
+    let pack = |gram: &[u32]| gram.iter().fold(0u128, |key, &id| (key << 32) | id as u128);
+    let mut reference_counts: FxHashMap<u128, usize> = FxHashMap::default();
     for gram in reference.windows(order) {
-        *reference_counts.entry(gram).or_insert(0) += 1;
+        *reference_counts.entry(pack(gram)).or_insert(0) += 1;
     }
     let mut matches = 0;
     for gram in hypothesis.windows(order) {
-        if let Some(remaining) = reference_counts.get_mut(gram)
+        if let Some(remaining) = reference_counts.get_mut(&pack(gram))
             && *remaining > 0
         {
             *remaining -= 1;

@@ -5,8 +5,9 @@
 //! 200 or more elements) and of `Differ._fancy_replace`, which can find extra common lines inside `replace` blocks.
 //! Only the count of lines marked common matters, so no diff text is built.
 
-use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+
+use crate::fasthash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::pystr;
 
@@ -143,7 +144,7 @@ struct CharMatcher<'b> {
 impl<'b> CharMatcher<'b> {
     fn new(b: &'b [char]) -> Self {
         let b2j = build_b2j(b, None::<fn(&char) -> bool>).0;
-        let mut full_b_count = HashMap::new();
+        let mut full_b_count = HashMap::default();
         for &c in b {
             *full_b_count.entry(c).or_insert(0) += 1;
         }
@@ -159,7 +160,7 @@ impl<'b> CharMatcher<'b> {
     }
 
     fn quick_ratio(&self, a: &[char]) -> f64 {
-        let mut avail: HashMap<char, isize> = HashMap::new();
+        let mut avail: HashMap<char, isize> = HashMap::default();
         let mut matches = 0;
         for &c in a {
             let numb = *avail
@@ -174,7 +175,7 @@ impl<'b> CharMatcher<'b> {
     }
 
     fn ratio(&self, a: &[char]) -> f64 {
-        let no_junk = HashSet::new();
+        let no_junk = HashSet::default();
         let matcher = SequenceMatcher {
             a,
             b: self.b,
@@ -201,11 +202,11 @@ fn build_b2j<T: Eq + Hash + Clone>(
     b: &[T],
     is_junk: Option<impl Fn(&T) -> bool>,
 ) -> (HashMap<T, Vec<usize>>, HashSet<T>) {
-    let mut b2j: HashMap<T, Vec<usize>> = HashMap::new();
+    let mut b2j: HashMap<T, Vec<usize>> = HashMap::default();
     for (index, element) in b.iter().enumerate() {
         b2j.entry(element.clone()).or_default().push(index);
     }
-    let mut junk = HashSet::new();
+    let mut junk = HashSet::default();
     if let Some(is_junk) = is_junk {
         for element in b2j.keys() {
             if is_junk(element) {
@@ -265,8 +266,8 @@ impl<'s, T: Eq + Hash + Clone> SequenceMatcher<'s, T> {
     ) -> (usize, usize, usize) {
         let (a, b) = (self.a, self.b);
         let (mut best_i, mut best_j, mut best_size) = (alo, blo, 0);
-        let mut j2len: HashMap<usize, usize> = HashMap::new();
-        let mut new_j2len: HashMap<usize, usize> = HashMap::new();
+        let mut j2len: HashMap<usize, usize> = HashMap::default();
+        let mut new_j2len: HashMap<usize, usize> = HashMap::default();
         #[allow(clippy::needless_range_loop)] // Mirrors difflib's index arithmetic.
         for i in alo..ahi {
             new_j2len.clear();

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::{Metric, Scores, score_all, score_all_raw};
+use crate::{Metric, Scores, score_all_and_raw};
 
 /// A line that could not be scored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,8 +56,8 @@ pub fn score_pair_line(line: &str) -> Result<String, String> {
     };
     let candidate = field("candidate")?;
     let reference = field("reference")?;
-    let extracted = score_all(&candidate, &reference).map_err(|error| error.to_string())?;
-    let raw = score_all_raw(&candidate, &reference).map_err(|error| error.to_string())?;
+    let (extracted, raw) =
+        score_all_and_raw(&candidate, &reference).map_err(|error| error.to_string())?;
     append_scores(&mut record, &extracted);
     let mut raw_record = Map::new();
     append_scores(&mut raw_record, &raw);

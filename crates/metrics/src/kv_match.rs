@@ -1,14 +1,22 @@
 //! Key-value exact match (spec §3.4): every document of the candidate equals the reference's document at the same
 //! position under `deepdiff.DeepDiff` with default settings (typed, key-order-insensitive equality).
 
-use crate::yaml::{self, Value, python_eq};
+use crate::yaml::{self, Value, YamlError, python_eq};
+
+/// The result of [`yaml::load_all`].
+pub type Loaded = Result<Vec<Value>, YamlError>;
 
 /// 1.0 when both sides load, the reference has documents, the counts agree and each pair is DeepDiff-equal.
 pub fn kv_match(candidate: &str, reference: &str) -> f64 {
-    let Ok(candidate_docs) = yaml::load_all(candidate) else {
+    kv_match_loaded(&yaml::load_all(candidate), &yaml::load_all(reference))
+}
+
+/// [`kv_match`] on already loaded documents (so one load serves several metrics).
+pub fn kv_match_loaded(candidate: &Loaded, reference: &Loaded) -> f64 {
+    let Ok(candidate_docs) = candidate else {
         return 0.0;
     };
-    let Ok(reference_docs) = yaml::load_all(reference) else {
+    let Ok(reference_docs) = reference else {
         return 0.0;
     };
     if reference_docs.is_empty() || candidate_docs.len() != reference_docs.len() {
@@ -16,7 +24,7 @@ pub fn kv_match(candidate: &str, reference: &str) -> f64 {
     }
     let all_equal = candidate_docs
         .iter()
-        .zip(&reference_docs)
+        .zip(reference_docs)
         .all(|(c, r)| deepdiff_equal(c, r));
     if all_equal { 1.0 } else { 0.0 }
 }

@@ -4,6 +4,7 @@
 //! mappings are bags of `(path, value)` leaves, values compare under Python `==`, and every failure (unparsable
 //! YAML, a non-mapping document, a non-string key, a labelled line without `:`) scores 0.
 
+use crate::kv_match::Loaded;
 use crate::pystr;
 use crate::yaml::{self, Mapping, Value, python_eq};
 
@@ -43,14 +44,25 @@ pub fn kv_wildcard(candidate: &str, reference: &str) -> f64 {
 /// The wildcard score, or why the harness would have raised.
 pub fn kv_wildcard_checked(candidate: &str, reference: &str) -> Result<f64, WildcardError> {
     let labelled = label_reference(reference)?;
-    let candidate_docs = yaml::load_all(candidate).map_err(|source| WildcardError::Yaml {
+    kv_wildcard_loaded(&yaml::load_all(candidate), &yaml::load_all(&labelled))
+}
+
+/// The wildcard score on already loaded documents: the candidate's, and those of the reference after
+/// [`label_reference`].
+pub fn kv_wildcard_loaded(
+    candidate: &Loaded,
+    labelled_reference: &Loaded,
+) -> Result<f64, WildcardError> {
+    let candidate_docs = candidate.as_ref().map_err(|source| WildcardError::Yaml {
         side: "candidate",
-        source,
+        source: source.clone(),
     })?;
-    let reference_docs = yaml::load_all(&labelled).map_err(|source| WildcardError::Yaml {
-        side: "reference",
-        source,
-    })?;
+    let reference_docs = labelled_reference
+        .as_ref()
+        .map_err(|source| WildcardError::Yaml {
+            side: "reference",
+            source: source.clone(),
+        })?;
     let empty = Value::Map(Mapping::default());
     let pairs = candidate_docs.len().max(reference_docs.len());
     let (mut intersection, mut union) = (0_usize, 0_usize);

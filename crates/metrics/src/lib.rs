@@ -23,6 +23,7 @@ pub mod bleu;
 pub mod edit_distance;
 pub mod exact_match;
 pub mod extract;
+mod fasthash;
 pub mod jsonl;
 pub mod kv_match;
 pub mod kv_wildcard;
@@ -153,13 +154,96 @@ pub fn score_all(candidate: &str, reference: &str) -> Result<Scores, MetricError
     score_all_raw(&extract::extract(candidate), reference)
 }
 
-/// The five scores without extraction.
-pub fn score_all_raw(candidate: &str, reference: &str) -> Result<Scores, MetricError> {
+/// Score by metric through [`Metric::score`] (each metric loads what it needs); kept as the independent path the
+/// shared-load functions are tested against.
+pub fn score_all_by_metric(candidate: &str, reference: &str) -> Result<Scores, MetricError> {
     let mut scores = Scores::default();
     for metric in Metric::ALL {
         scores.set(metric, metric.score(candidate, reference)?);
     }
     Ok(scores)
+}
+
+/// The five scores without extraction.
+pub fn score_all_raw(candidate: &str, reference: &str) -> Result<Scores, MetricError> {
+    PreparedReference::new(reference).score(candidate, None)
+}
+
+/// The scores after extraction and without, as `score-pairs` reports them: `(score_all, score_all_raw)`.
+/// The reference is loaded once, and the candidate once when extraction leaves it unchanged.
+pub fn score_all_and_raw(
+    candidate: &str,
+    reference: &str,
+) -> Result<(Scores, Scores), MetricError> {
+    let prepared = PreparedReference::new(reference);
+    let extracted = extract::extract(candidate);
+    if extracted == candidate {
+        let scores = prepared.score(candidate, None)?;
+        return Ok((scores, scores));
+    }
+    Ok((
+        prepared.score(&extracted, None)?,
+        prepared.score(candidate, None)?,
+    ))
+}
+
+/// A reference loaded once (raw and `# *`-labelled) for scoring several candidates against it.
+pub struct PreparedReference<'r> {
+    text: &'r str,
+    documents: kv_match::Loaded,
+    /// `None`: labelling raised (a labelled line without `:`), so KV wildcard scores 0. `Some(None)`: labelling
+    /// changed nothing, reuse `documents`.
+    labelled: Option<Option<kv_match::Loaded>>,
+}
+
+impl<'r> PreparedReference<'r> {
+    /// Loads `reference` (and its labelled form when labels change it).
+    pub fn new(text: &'r str) -> Self {
+        let documents = yaml::load_all(text);
+        let labelled = match kv_wildcard::label_reference(text) {
+            Err(_) => None,
+            Ok(labelled) if labelled == text => Some(None),
+            Ok(labelled) => Some(Some(yaml::load_all(&labelled))),
+        };
+        PreparedReference {
+            text,
+            documents,
+            labelled,
+        }
+    }
+
+    /// The five scores of `candidate` (used as given) against this reference. `candidate_docs` may carry the
+    /// candidate's already loaded documents.
+    pub fn score(
+        &self,
+        candidate: &str,
+        candidate_docs: Option<&kv_match::Loaded>,
+    ) -> Result<Scores, MetricError> {
+        let loaded;
+        let candidate_docs = match candidate_docs {
+            Some(docs) => docs,
+            None => {
+                loaded = yaml::load_all(candidate);
+                &loaded
+            }
+        };
+        let kv_wildcard_match = match &self.labelled {
+            None => 0.0,
+            Some(None) => {
+                kv_wildcard::kv_wildcard_loaded(candidate_docs, &self.documents).unwrap_or(0.0)
+            }
+            Some(Some(labelled)) => {
+                kv_wildcard::kv_wildcard_loaded(candidate_docs, labelled).unwrap_or(0.0)
+            }
+        };
+        Ok(Scores {
+            bleu: bleu::bleu(candidate, self.text),
+            edit_distance: edit_distance::edit_distance(candidate, self.text)?,
+            exact_match: exact_match::exact_match(candidate, self.text),
+            kv_exact_match: kv_match::kv_match_loaded(candidate_docs, &self.documents),
+            kv_wildcard_match,
+        })
+    }
 }
 
 /// Extra, never one of the five: the scores after extraction against the reference with its `# *` labels removed

@@ -11,7 +11,7 @@
 //!
 //! Loading is all-or-nothing, as `list(yaml.safe_load_all(text))` is: any error anywhere fails the whole stream.
 
-use std::collections::HashMap;
+use crate::fasthash::FxHashMap as HashMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -218,11 +218,7 @@ fn compose_with_line_separators(text: &str) -> Result<Vec<Rc<Node>>, YamlError> 
     };
     match compose_all(text) {
         Ok((documents, safe_spans)) => {
-            let inside = |index: usize| {
-                safe_spans
-                    .iter()
-                    .any(|&(start, end)| start <= index && index < end)
-            };
+            let inside = |index: usize| span_containing(&safe_spans, index).is_some();
             let outside = text
                 .chars()
                 .enumerate()
@@ -238,6 +234,10 @@ fn compose_with_line_separators(text: &str) -> Result<Vec<Rc<Node>>, YamlError> 
 
 /// PyYAML's `Reader.check_printable` over the whole input.
 fn check_printable(text: &str) -> Result<(), YamlError> {
+    let ascii_printable = |b: &u8| matches!(b, b'\t' | b'\n' | b'\r' | b' '..=b'~');
+    if text.bytes().all(|b| ascii_printable(&b)) {
+        return Ok(());
+    }
     for (index, character) in text.chars().enumerate() {
         let printable = matches!(character,
             '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..);
@@ -415,12 +415,12 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
     let mut flow_stack: Vec<bool> = Vec::new();
     let mut parser = Parser::new_from_str(text);
     let mut documents = Vec::new();
-    let mut anchors: HashMap<usize, Rc<Node>> = HashMap::new();
+    let mut anchors: HashMap<usize, Rc<Node>> = HashMap::default();
     let mut stack: Vec<OpenNode> = Vec::new();
     let mut tab_safe_spans: Vec<(usize, usize)> = Vec::new();
     let mut scalar_spans: Vec<(usize, usize)> = Vec::new();
     let mut root: Option<Rc<Node>> = None;
-    let text_chars = text.chars().count();
+    let text_chars = chars.len();
     while let Some(next) = parser.next_event() {
         let (event, span): (Event<'_>, Span) = match next {
             Ok(pair) => pair,
@@ -578,6 +578,9 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
             }
         }
     }
+    // Scalars do not nest, so sorted spans allow binary search.
+    tab_safe_spans.sort_unstable();
+    scalar_spans.sort_unstable();
     check_tabs(text, &tab_safe_spans, &scalar_spans).map_err(fail)?;
     check_duplicate_anchors(text, &scalar_spans).map_err(fail)?;
     Ok((documents, tab_safe_spans))
@@ -658,6 +661,13 @@ fn block_chomping(before: &[char]) -> Chomping {
     Chomping::Clip
 }
 
+/// The span (sorted, non-overlapping `[start, end)` character ranges) that contains `index`.
+fn span_containing(spans: &[(usize, usize)], index: usize) -> Option<(usize, usize)> {
+    let after = spans.partition_point(|&(start, _)| start <= index);
+    let &(start, end) = spans.get(after.checked_sub(1)?)?;
+    (index < end).then_some((start, end))
+}
+
 /// PyYAML's composer rejects an anchor name defined twice in one document; saphyr silently redefines it.
 /// Anchors are found in the text: `&name` starting a token, outside scalars and comments.
 fn check_duplicate_anchors(text: &str, scalars: &[(usize, usize)]) -> Result<(), YamlError> {
@@ -667,11 +677,8 @@ fn check_duplicate_anchors(text: &str, scalars: &[(usize, usize)]) -> Result<(),
     let chars: Vec<char> = text.chars().collect();
     // A scalar's span starts at its properties (`&a 1`), and a plain scalar cannot start with `&`, so only a `&` past
     // the start of a span is scalar content.
-    let inside = |index: usize| {
-        scalars
-            .iter()
-            .any(|&(start, end)| start < index && index < end)
-    };
+    let inside =
+        |index: usize| span_containing(scalars, index).is_some_and(|(start, _)| start < index);
     let mut seen: Vec<String> = Vec::new();
     let mut in_comment = false;
     let mut line_start = true;
@@ -729,11 +736,7 @@ fn check_tabs(
     if !text.contains('\t') {
         return Ok(());
     }
-    let inside = |spans: &[(usize, usize)], index: usize| {
-        spans
-            .iter()
-            .any(|&(start, end)| start <= index && index < end)
-    };
+    let inside = |spans: &[(usize, usize)], index: usize| span_containing(spans, index).is_some();
     let mut line = 1;
     let mut in_comment = false;
     let mut previous: Option<char> = None;

@@ -80,6 +80,17 @@ fn every_golden_pair_matches_python() {
             &raw,
             &expected_scores(&record["raw"]),
         ));
+        let (both_extracted, both_raw) = metrics::score_all_and_raw(candidate, reference)
+            .expect("golden references are non-empty");
+        failures.extend(mismatches(
+            case,
+            "shared extracted",
+            &both_extracted,
+            &scores,
+        ));
+        failures.extend(mismatches(case, "shared raw", &both_raw, &raw));
+        let by_metric = metrics::score_all_by_metric(candidate, reference).expect("non-empty");
+        failures.extend(mismatches(case, "by metric", &by_metric, &raw));
     }
     assert!(
         failures.is_empty(),
