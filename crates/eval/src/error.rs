@@ -163,4 +163,28 @@ pub enum EvalError {
         /// The CSV writer's error.
         source: csv::Error,
     },
+    /// Loading the model, tokenizing or generating failed.
+    #[error("{context}: {source}")]
+    Model {
+        /// What was being done, naming the model directory.
+        context: String,
+        /// The model crate's error.
+        source: model::Error,
+    },
+    /// The tokenizer could not be loaded or failed on a text.
+    #[error("{context}: {source}")]
+    Text {
+        /// What was being done, naming the tokenizer directory or the row.
+        context: String,
+        /// The tokenizer's error.
+        source: model::text::TextError,
+    },
+    /// A model source (HF repo id, directory or `.gguf`) could not be resolved to a model directory.
+    #[error("model source `{source_text}`: {source}")]
+    ModelSource {
+        /// The source as given.
+        source_text: String,
+        /// Why it could not be resolved.
+        source: model::source::SourceError,
+    },
 }

@@ -23,6 +23,7 @@
 pub mod baseline;
 pub mod cli;
 mod error;
+pub mod generate;
 pub mod jsonl;
 pub mod plan;
 pub mod predictions;
@@ -134,7 +135,8 @@ pub fn predict(args: PredictArgs, progress: &mut dyn Progress) -> Result<Outcome
                 progress,
             )?;
         } else if let Some(generation) = &spec.generation {
-            let _ = generation;
+            let mut generator = generate::Generator::load(generation, &plan)?;
+            generator.predict(&plan, &pending, &mut append, progress)?;
         }
     }
     progress.finish();
