@@ -13,7 +13,6 @@
 
 use crate::fasthash::FxHashMap as HashMap;
 use std::fmt;
-use std::rc::Rc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
@@ -196,16 +195,12 @@ pub fn load_all(text: &str) -> Result<Vec<Value>, YamlError> {
     } else {
         text
     };
-    let documents = compose_with_line_separators(text)?;
-    documents
-        .iter()
-        .map(|root| Constructor.construct(root))
-        .collect()
+    compose_with_line_separators(text)
 }
 
 /// Composes `text`, treating LS/PS as line breaks where they separate tokens (as PyYAML does) but keeping them as
 /// characters inside quoted and block scalars (where PyYAML keeps them in the value).
-fn compose_with_line_separators(text: &str) -> Result<Vec<Rc<Node>>, YamlError> {
+fn compose_with_line_separators(text: &str) -> Result<Vec<Value>, YamlError> {
     let is_separator = |c: char| matches!(c, '\u{2028}' | '\u{2029}');
     if !text.contains(is_separator) {
         return compose_all(text).map(|(documents, _)| documents);
@@ -248,39 +243,28 @@ fn check_printable(text: &str) -> Result<(), YamlError> {
     Ok(())
 }
 
-/// A key node and its value node.
-type NodePair = (Rc<Node>, Rc<Node>);
-
-/// A node of the composed representation graph; aliases share the anchored node.
-#[derive(Debug)]
-enum Node {
-    Scalar {
-        value: String,
-        style: ScalarStyle,
-        tag: Option<String>,
-    },
-    Seq {
-        tag: Option<String>,
-        items: Vec<Rc<Node>>,
-    },
-    Map {
-        tag: Option<String>,
-        pairs: Vec<(Rc<Node>, Rc<Node>)>,
-    },
+/// A finished node: its constructed value, and whether it is a merge key `<<` (meaningful in key position only).
+struct Item {
+    value: Value,
+    is_merge_key: bool,
 }
 
-/// A collection being built while its events arrive.
+/// A collection being built while its events arrive. Values are constructed as their events arrive (PyYAML
+/// constructs after composing, but every failure fails the whole load either way, so the order does not matter).
 enum OpenNode {
     Seq {
         tag: Option<String>,
         anchor: usize,
-        items: Vec<Rc<Node>>,
+        items: Vec<Value>,
     },
     Map {
         tag: Option<String>,
         anchor: usize,
-        pairs: Vec<(Rc<Node>, Rc<Node>)>,
-        pending_key: Option<Rc<Node>>,
+        /// Values of `<<` keys, in order.
+        merges: Vec<Value>,
+        /// The other pairs, in order (duplicates kept until the mapping is built).
+        pairs: Vec<(Value, Value)>,
+        pending_key: Option<Item>,
     },
 }
 
@@ -296,7 +280,7 @@ fn tag_text(tag: Option<&saphyr_parser::Tag>) -> Option<String> {
 
 /// Runs the event parser and builds one node graph per document, checking tabs against the scalar spans. Also
 /// returns the character spans of quoted and block scalars.
-type Composed = (Vec<Rc<Node>>, Vec<(usize, usize)>);
+type Composed = (Vec<Value>, Vec<(usize, usize)>);
 
 fn compose_all(text: &str) -> Result<Composed, YamlError> {
     let mut text = std::borrow::Cow::Borrowed(text);
@@ -415,11 +399,11 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
     let mut flow_stack: Vec<bool> = Vec::new();
     let mut parser = Parser::new_from_str(text);
     let mut documents = Vec::new();
-    let mut anchors: HashMap<usize, Rc<Node>> = HashMap::default();
+    let mut anchors: HashMap<usize, Value> = HashMap::default();
     let mut stack: Vec<OpenNode> = Vec::new();
     let mut tab_safe_spans: Vec<(usize, usize)> = Vec::new();
     let mut scalar_spans: Vec<(usize, usize)> = Vec::new();
-    let mut root: Option<Rc<Node>> = None;
+    let mut root: Option<Value> = None;
     let text_chars = chars.len();
     while let Some(next) = parser.next_event() {
         let (event, span): (Event<'_>, Span) = match next {
@@ -456,7 +440,7 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                 });
             }
         };
-        let finished: Option<Rc<Node>> = match event {
+        let finished: Option<Item> = match event {
             Event::StreamStart | Event::Nothing => None,
             Event::StreamEnd => break,
             Event::DocumentStart(_) => {
@@ -465,21 +449,16 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                 None
             }
             Event::DocumentEnd => {
-                documents.push(root.take().unwrap_or_else(|| {
-                    Rc::new(Node::Scalar {
-                        value: String::new(),
-                        style: ScalarStyle::Plain,
-                        tag: None,
-                    })
-                }));
+                documents.push(root.take().unwrap_or(Value::Null));
                 None
             }
-            Event::Alias(id) => Some(
-                anchors
+            Event::Alias(id) => Some(Item {
+                value: anchors
                     .get(&id)
                     .cloned()
                     .ok_or(fail(YamlError::UndefinedAlias))?,
-            ),
+                is_merge_key: false,
+            }),
             Event::Scalar(value, style, anchor, tag) => {
                 let range = (span.start.index(), span.end.index());
                 scalar_spans.push(range);
@@ -516,15 +495,20 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                         range.0
                     ))));
                 }
-                let node = Rc::new(Node::Scalar {
-                    value,
-                    style,
-                    tag: tag_text(tag.as_deref()),
-                });
+                let tag = tag_text(tag.as_deref());
+                let is_merge_key = is_key && is_merge_key(&value, style, tag.as_deref());
+                let value = if is_merge_key {
+                    Value::Null
+                } else {
+                    construct_scalar(&value, style, tag.as_deref(), is_key).map_err(fail)?
+                };
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, value.clone());
                 }
-                Some(node)
+                Some(Item {
+                    value,
+                    is_merge_key,
+                })
             }
             Event::SequenceStart(anchor, tag) => {
                 flow_stack.push(chars.get(span.start.index()) == Some(&'['));
@@ -540,6 +524,7 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
                 stack.push(OpenNode::Map {
                     tag: tag_text(tag.as_deref()),
                     anchor,
+                    merges: Vec::new(),
                     pairs: Vec::new(),
                     pending_key: None,
                 });
@@ -547,34 +532,51 @@ fn compose_once(text: &str) -> Result<Composed, ComposeFailure> {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 flow_stack.pop();
-                let (node, anchor) = match stack.pop() {
+                let (value, anchor) = match stack.pop() {
                     Some(OpenNode::Seq { tag, anchor, items }) => {
-                        (Node::Seq { tag, items }, anchor)
+                        check_collection_tag(tag.as_deref(), "seq", "sequence").map_err(fail)?;
+                        (Value::Seq(items), anchor)
                     }
                     Some(OpenNode::Map {
-                        tag, anchor, pairs, ..
-                    }) => (Node::Map { tag, pairs }, anchor),
+                        tag,
+                        anchor,
+                        merges,
+                        pairs,
+                        ..
+                    }) => {
+                        check_collection_tag(tag.as_deref(), "map", "mapping").map_err(fail)?;
+                        (build_mapping(merges, pairs).map_err(fail)?, anchor)
+                    }
                     None => {
                         return Err(fail(YamlError::Syntax("unbalanced collection end".into())));
                     }
                 };
-                let node = Rc::new(node);
                 if anchor > 0 {
-                    anchors.insert(anchor, node.clone());
+                    anchors.insert(anchor, value.clone());
                 }
-                Some(node)
+                Some(Item {
+                    value,
+                    is_merge_key: false,
+                })
             }
         };
-        if let Some(node) = finished {
+        if let Some(item) = finished {
             match stack.last_mut() {
-                Some(OpenNode::Seq { items, .. }) => items.push(node),
+                Some(OpenNode::Seq { items, .. }) => items.push(item.value),
                 Some(OpenNode::Map {
-                    pairs, pending_key, ..
+                    merges,
+                    pairs,
+                    pending_key,
+                    ..
                 }) => match pending_key.take() {
-                    Some(key) => pairs.push((key, node)),
-                    None => *pending_key = Some(node),
+                    Some(key) if key.is_merge_key => merges.push(item.value),
+                    Some(key) => pairs.push((key.value, item.value)),
+                    None if matches!(item.value, Value::Seq(_) | Value::Map(_)) => {
+                        return Err(fail(YamlError::UnhashableKey));
+                    }
+                    None => *pending_key = Some(item),
                 },
-                None => root = Some(node),
+                None => root = Some(item.value),
             }
         }
     }
@@ -1262,42 +1264,6 @@ fn python_float(text: &str) -> Option<f64> {
     normalised.parse().ok()
 }
 
-/// Builds Python values from nodes (PyYAML `SafeConstructor`).
-#[derive(Default)]
-struct Constructor;
-
-impl Constructor {
-    fn construct(&self, node: &Rc<Node>) -> Result<Value, YamlError> {
-        match node.as_ref() {
-            Node::Scalar { value, style, tag } => {
-                construct_scalar(value, *style, tag.as_deref(), false)
-            }
-            Node::Seq { tag, items } => {
-                check_collection_tag(tag.as_deref(), "seq", "sequence")?;
-                items
-                    .iter()
-                    .map(|item| self.construct(item))
-                    .collect::<Result<_, _>>()
-                    .map(Value::Seq)
-            }
-            Node::Map { tag, .. } => {
-                check_collection_tag(tag.as_deref(), "map", "mapping")?;
-                let mut mapping = Mapping::default();
-                for (key, value) in flatten_mapping(node)? {
-                    let key = match key.as_ref() {
-                        Node::Scalar { value, style, tag } => {
-                            construct_scalar(value, *style, tag.as_deref(), true)?
-                        }
-                        _ => return Err(YamlError::UnhashableKey),
-                    };
-                    mapping.insert(key, self.construct(&value)?);
-                }
-                Ok(Value::Map(mapping))
-            }
-        }
-    }
-}
-
 fn check_collection_tag(
     tag: Option<&str>,
     expected: &str,
@@ -1329,46 +1295,49 @@ fn check_collection_tag(
     }
 }
 
-/// PyYAML `flatten_mapping`: merged pairs first (a list of mappings merges the later ones first), then own pairs.
-fn flatten_mapping(node: &Node) -> Result<Vec<NodePair>, YamlError> {
-    let Node::Map { pairs, .. } = node else {
-        return Err(YamlError::BadMerge);
-    };
-    let mut merged = Vec::new();
-    let mut own = Vec::new();
-    for (key, value) in pairs {
-        if is_merge_key(key) {
-            match value.as_ref() {
-                Node::Map { .. } => merged.extend(flatten_mapping(value)?),
-                Node::Seq { items, .. } => {
-                    let mut groups = Vec::new();
-                    for item in items {
-                        if !matches!(item.as_ref(), Node::Map { .. }) {
-                            return Err(YamlError::BadMerge);
-                        }
-                        groups.push(flatten_mapping(item)?);
-                    }
-                    for group in groups.into_iter().rev() {
-                        merged.extend(group);
+/// PyYAML `flatten_mapping` + `construct_mapping`: merged pairs first (a list of mappings merges the later ones
+/// first), then the mapping's own pairs, inserted in order (a repeated key keeps its first position, last value).
+///
+/// Merged mappings arrive already built; inserting a built mapping's entries gives the same dict as inserting its
+/// raw pairs, because insertion keeps first positions and last values either way.
+fn build_mapping(merges: Vec<Value>, pairs: Vec<(Value, Value)>) -> Result<Value, YamlError> {
+    let mut mapping = Mapping::default();
+    for merge in merges {
+        match merge {
+            Value::Map(merged) => {
+                for (key, value) in merged.entries {
+                    mapping.insert(key, value);
+                }
+            }
+            Value::Seq(items) => {
+                let mut groups = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Value::Map(merged) => groups.push(merged),
+                        _ => return Err(YamlError::BadMerge),
                     }
                 }
-                Node::Scalar { .. } => return Err(YamlError::BadMerge),
+                for merged in groups.into_iter().rev() {
+                    for (key, value) in merged.entries {
+                        mapping.insert(key, value);
+                    }
+                }
             }
-        } else {
-            own.push((key.clone(), value.clone()));
+            _ => return Err(YamlError::BadMerge),
         }
     }
-    merged.extend(own);
-    Ok(merged)
+    for (key, value) in pairs {
+        mapping.insert(key, value);
+    }
+    Ok(Value::Map(mapping))
 }
 
-fn is_merge_key(node: &Node) -> bool {
-    match node {
-        Node::Scalar { value, style, tag } => match tag.as_deref() {
-            Some(tag) => tag == "tag:yaml.org,2002:merge",
-            None => *style == ScalarStyle::Plain && value == "<<",
-        },
-        _ => false,
+/// Whether a key scalar is the merge key: plain `<<` (or `<<` under the non-specific `!`), or tagged `!!merge`.
+fn is_merge_key(value: &str, style: ScalarStyle, tag: Option<&str>) -> bool {
+    match tag {
+        Some("!") => value == "<<",
+        Some(tag) => tag == "tag:yaml.org,2002:merge",
+        None => style == ScalarStyle::Plain && value == "<<",
     }
 }
 
