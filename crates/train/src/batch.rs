@@ -46,7 +46,13 @@ impl PromptFrame {
     pub fn from_renders(a: &[u32], b: &[u32]) -> Self {
         let head = a.iter().zip(b).take_while(|(x, y)| x == y).count();
         let max_tail = a.len().min(b.len()) - head;
-        let tail = a.iter().rev().zip(b.iter().rev()).take(max_tail).take_while(|(x, y)| x == y).count();
+        let tail = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take(max_tail)
+            .take_while(|(x, y)| x == y)
+            .count();
         Self { head, tail }
     }
 }
@@ -82,7 +88,14 @@ pub fn fit_row(row: TokenRow, frame: PromptFrame, max_len: usize) -> Fit {
     let mut ids = Vec::with_capacity(max_len);
     ids.extend_from_slice(&row.ids[..head]);
     ids.extend_from_slice(&row.ids[head + excess..]);
-    Fit::Shortened { row: TokenRow { id: row.id, ids, prompt_len: row.prompt_len - excess }, dropped: excess }
+    Fit::Shortened {
+        row: TokenRow {
+            id: row.id,
+            ids,
+            prompt_len: row.prompt_len - excess,
+        },
+        dropped: excess,
+    }
 }
 
 /// The order in which an epoch visits the rows: a permutation that depends only on the seed and the epoch, so a
@@ -150,7 +163,11 @@ mod tests {
     use super::*;
 
     fn row(ids: &[u32], prompt_len: usize) -> TokenRow {
-        TokenRow { id: "r".into(), ids: ids.to_vec(), prompt_len }
+        TokenRow {
+            id: "r".into(),
+            ids: ids.to_vec(),
+            prompt_len,
+        }
     }
 
     #[test]
@@ -173,7 +190,9 @@ mod tests {
         // prompt: [BOS=1, header=7, q1..q4=11..14, cue=9]; completion: [30, 31, EOS=2]
         let r = row(&[1, 7, 11, 12, 13, 14, 9, 30, 31, 2], 7);
         let frame = PromptFrame { head: 2, tail: 1 };
-        let Fit::Shortened { row, dropped } = fit_row(r, frame, 7) else { panic!("expected a shortened row") };
+        let Fit::Shortened { row, dropped } = fit_row(r, frame, 7) else {
+            panic!("expected a shortened row")
+        };
         assert_eq!(dropped, 3);
         assert_eq!(row.ids, vec![1, 7, 14, 9, 30, 31, 2]);
         assert_eq!(row.prompt_len, 4);
@@ -183,7 +202,10 @@ mod tests {
     #[test]
     fn rows_whose_completion_cannot_fit_are_skipped() {
         let r = row(&[1, 7, 11, 9, 30, 31, 32, 2], 4);
-        assert_eq!(fit_row(r, PromptFrame { head: 2, tail: 1 }, 6), Fit::Skipped);
+        assert_eq!(
+            fit_row(r, PromptFrame { head: 2, tail: 1 }, 6),
+            Fit::Skipped
+        );
     }
 
     #[test]
@@ -200,7 +222,10 @@ mod tests {
         let b = row(&[1, 5, 8, 2], 2);
         let batch = make_batch(&[&a, &b], 2, &Device::Cpu).expect("batch");
         let mask: Vec<Vec<f32>> = batch.target_mask.to_vec2().expect("mask");
-        assert_eq!(mask, vec![vec![0.0, 0.0, 1.0, 1.0], vec![0.0, 1.0, 1.0, 0.0]]);
+        assert_eq!(
+            mask,
+            vec![vec![0.0, 0.0, 1.0, 1.0], vec![0.0, 1.0, 1.0, 0.0]]
+        );
         let targets: Vec<Vec<u32>> = batch.targets.to_vec2().expect("targets");
         assert_eq!(targets, vec![vec![5, 6, 7, 2], vec![5, 8, 2, 2]]);
         let attention: Vec<Vec<u32>> = batch.attention_mask.to_vec2().expect("attention");

@@ -109,11 +109,17 @@ impl CheckpointPaths {
 /// The complete checkpoint to resume from, if any: `checkpoint/`, or `checkpoint.old/` when a crash hit between
 /// the two renames.
 pub fn find_latest(paths: &CheckpointPaths) -> Option<PathBuf> {
-    [&paths.current, &paths.previous].into_iter().find(|p| p.join("state.json").is_file()).cloned()
+    [&paths.current, &paths.previous]
+        .into_iter()
+        .find(|p| p.join("state.json").is_file())
+        .cloned()
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.to_path_buf(), source }
+    TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a checkpoint: `write_weights` fills `<staging>/weights/`, then the optimiser tensors and the state are
@@ -132,10 +138,17 @@ pub fn save(
     write_weights(&weights)?;
     let optimizer_path = paths.staging.join("optimizer.safetensors");
     let tensors: HashMap<String, Tensor> = optimizer.into_iter().collect();
-    candle_core::safetensors::save(&tensors, &optimizer_path)
-        .map_err(|source| TrainError::Tensor { context: format!("writing {}", optimizer_path.display()), source })?;
+    candle_core::safetensors::save(&tensors, &optimizer_path).map_err(|source| {
+        TrainError::Tensor {
+            context: format!("writing {}", optimizer_path.display()),
+            source,
+        }
+    })?;
     let state_path = paths.staging.join("state.json");
-    let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Json { path: state_path.clone(), source: e })?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Json {
+        path: state_path.clone(),
+        source: e,
+    })?;
     std::fs::write(&state_path, json).map_err(|e| io_err(&state_path, e))?;
     // Only when a complete `checkpoint/` exists may the older `checkpoint.old/` go: otherwise it is the only
     // complete checkpoint left (a crash hit between the renames of the previous save).
@@ -156,11 +169,17 @@ pub fn save(
 pub fn load_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join("state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Json { path: path.clone(), source: e })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Json {
+        path: path.clone(),
+        source: e,
+    })?;
     if state.format != STATE_FORMAT {
         return Err(TrainError::Resume {
             path,
-            reason: format!("state format {} is not the supported {STATE_FORMAT}", state.format),
+            reason: format!(
+                "state format {} is not the supported {STATE_FORMAT}",
+                state.format
+            ),
         });
     }
     Ok(state)
@@ -169,8 +188,10 @@ pub fn load_state(dir: &Path) -> Result<TrainState, TrainError> {
 /// Reads `optimizer.safetensors` of a checkpoint directory onto `device`.
 pub fn load_optimizer(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
     let path = dir.join("optimizer.safetensors");
-    candle_core::safetensors::load(&path, device)
-        .map_err(|source| TrainError::Tensor { context: format!("reading {}", path.display()), source })
+    candle_core::safetensors::load(&path, device).map_err(|source| TrainError::Tensor {
+        context: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -185,33 +206,59 @@ mod tests {
             epoch: 1,
             cursor: step,
             dropout_rng: 42,
-            progress: EpochProgress { loss_sum: 0.1 + 0.2, ..EpochProgress::default() },
-            loss_history: vec![StepLoss { step, epoch: 1, loss: 1.0 / 3.0, lr: 1e-4, target_tokens: 3, non_padding_tokens: 7, seconds: 0.25 }],
+            progress: EpochProgress {
+                loss_sum: 0.1 + 0.2,
+                ..EpochProgress::default()
+            },
+            loss_history: vec![StepLoss {
+                step,
+                epoch: 1,
+                loss: 1.0 / 3.0,
+                lr: 1e-4,
+                target_tokens: 3,
+                non_padding_tokens: 7,
+                seconds: 0.25,
+            }],
             epochs: Vec::new(),
             finished: false,
         }
     }
 
     #[test]
-    fn save_swaps_in_a_complete_directory_and_floats_round_trip_exactly() -> Result<(), TrainError> {
+    fn save_swaps_in_a_complete_directory_and_floats_round_trip_exactly() -> Result<(), TrainError>
+    {
         let dir = tempfile::tempdir().map_err(|e| io_err(Path::new("tempdir"), e))?;
         let paths = CheckpointPaths::under(dir.path());
         for step in 1..=2 {
-            let t = Tensor::new(&[step as f32, 0.5], &Device::Cpu).map_err(|source| TrainError::Tensor {
-                context: "test tensor".into(),
-                source,
+            let t = Tensor::new(&[step as f32, 0.5], &Device::Cpu).map_err(|source| {
+                TrainError::Tensor {
+                    context: "test tensor".into(),
+                    source,
+                }
             })?;
-            save(&paths, &state(step), vec![("w.exp_avg".into(), t)], |weights| {
-                std::fs::write(weights.join("marker"), step.to_string()).map_err(|e| io_err(weights, e))
-            })?;
+            save(
+                &paths,
+                &state(step),
+                vec![("w.exp_avg".into(), t)],
+                |weights| {
+                    std::fs::write(weights.join("marker"), step.to_string())
+                        .map_err(|e| io_err(weights, e))
+                },
+            )?;
         }
         let latest = find_latest(&paths).expect("a checkpoint");
         assert_eq!(latest, paths.current);
         assert!(!paths.staging.exists() && !paths.previous.exists());
         assert_eq!(load_state(&latest)?, state(2));
         let optimizer = load_optimizer(&latest, &Device::Cpu)?;
-        assert_eq!(optimizer["w.exp_avg"].to_vec1::<f32>().expect("vec"), vec![2.0, 0.5]);
-        assert_eq!(std::fs::read_to_string(latest.join("weights/marker")).expect("marker"), "2");
+        assert_eq!(
+            optimizer["w.exp_avg"].to_vec1::<f32>().expect("vec"),
+            vec![2.0, 0.5]
+        );
+        assert_eq!(
+            std::fs::read_to_string(latest.join("weights/marker")).expect("marker"),
+            "2"
+        );
         Ok(())
     }
 

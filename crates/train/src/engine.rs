@@ -28,8 +28,13 @@ use crate::loss;
 use crate::optim::{AdamW, clip_grad_norm};
 
 /// Backpropagates `grad_output` (a constant) into the graph of `output`: the gradients of `Σ output · grad_output`.
-fn backward_with(output: &Tensor, grad_output: &Tensor) -> candle_core::Result<candle_core::backprop::GradStore> {
-    model::ops::const_mul(output, &grad_output.to_dtype(output.dtype())?)?.sum_all()?.backward()
+fn backward_with(
+    output: &Tensor,
+    grad_output: &Tensor,
+) -> candle_core::Result<candle_core::backprop::GradStore> {
+    model::ops::const_mul(output, &grad_output.to_dtype(output.dtype())?)?
+        .sum_all()?
+        .backward()
 }
 
 /// What a step did.
@@ -74,7 +79,11 @@ fn phase_of(name: &str) -> Phase {
     {
         return Phase::Block(index);
     }
-    if name.contains("embed_tokens") { Phase::Embed } else { Phase::Head }
+    if name.contains("embed_tokens") {
+        Phase::Embed
+    } else {
+        Phase::Head
+    }
 }
 
 /// Rows of the `(rows, vocab)` logits computed at once in the per-block head: about 32 M logits (128 MiB f32).
@@ -94,16 +103,26 @@ pub struct Engine {
 }
 
 fn model_err(context: &str) -> impl FnOnce(model::Error) -> TrainError + '_ {
-    move |source| TrainError::Model { context: context.to_owned(), source }
+    move |source| TrainError::Model {
+        context: context.to_owned(),
+        source,
+    }
 }
 
 impl Engine {
     /// An engine for `lm`'s trainable variables as ordered in `optimizer`.
     pub fn new(optimizer: &AdamW, memory: &MemorySection, max_grad_norm: Option<f64>) -> Self {
-        let index_of = optimizer.vars().enumerate().map(|(i, (_, var))| (var.as_tensor().id(), i)).collect();
+        let index_of = optimizer
+            .vars()
+            .enumerate()
+            .map(|(i, (_, var))| (var.as_tensor().id(), i))
+            .collect();
         let phases = optimizer.vars().map(|(name, _)| phase_of(name)).collect();
         Self {
-            levers: Levers { recompute: memory.recompute, optimizer_in_backward: memory.optimizer_in_backward },
+            levers: Levers {
+                recompute: memory.recompute,
+                optimizer_in_backward: memory.optimizer_in_backward,
+            },
             max_grad_norm,
             index_of,
             phases,
@@ -134,24 +153,32 @@ impl Engine {
             optimizer.begin_step();
         }
         for batch in micro_batches {
-            let ctx = lm.prepare(&batch.attention_mask).map_err(model_err("preparing the forward"))?;
+            let ctx = lm
+                .prepare(&batch.attention_mask)
+                .map_err(model_err("preparing the forward"))?;
             let rng = lm.rng();
             let layers = lm.num_layers();
             let embedded = lm.embed(&batch.input_ids).map_err(model_err("embedding"))?;
             // Forward block by block; each block starts from a detached copy of the previous output.
             let mut hidden = embedded.detach();
             let mut rng_before = Vec::with_capacity(layers);
-            let mut kept: Vec<(Var, Tensor)> = Vec::with_capacity(if self.levers.recompute { 0 } else { layers });
-            let mut inputs: Vec<Tensor> = Vec::with_capacity(if self.levers.recompute { layers } else { 0 });
+            let mut kept: Vec<(Var, Tensor)> =
+                Vec::with_capacity(if self.levers.recompute { 0 } else { layers });
+            let mut inputs: Vec<Tensor> =
+                Vec::with_capacity(if self.levers.recompute { layers } else { 0 });
             for layer in 0..layers {
                 rng_before.push(rng.state());
                 if self.levers.recompute {
-                    let out = lm.block_forward(layer, &hidden, &ctx, true).map_err(model_err("block forward"))?;
+                    let out = lm
+                        .block_forward(layer, &hidden, &ctx, true)
+                        .map_err(model_err("block forward"))?;
                     inputs.push(hidden);
                     hidden = out.detach();
                 } else {
                     let input = Var::from_tensor(&hidden).ctx("block input")?;
-                    let out = lm.block_forward(layer, input.as_tensor(), &ctx, true).map_err(model_err("block forward"))?;
+                    let out = lm
+                        .block_forward(layer, input.as_tensor(), &ctx, true)
+                        .map_err(model_err("block forward"))?;
                     hidden = out.detach();
                     kept.push((input, out));
                 }
@@ -160,10 +187,16 @@ impl Engine {
 
             // Head: final norm (through a variable so its backward runs once), then lm_head + loss in row chunks.
             let last = Var::from_tensor(&hidden).ctx("head input")?;
-            let normed = lm.final_hidden(last.as_tensor()).map_err(model_err("final norm"))?;
+            let normed = lm
+                .final_hidden(last.as_tensor())
+                .map_err(model_err("final norm"))?;
             let (b, t, width) = normed.dims3().ctx("hidden shape")?;
             let normed_var = Var::from_tensor(&normed.detach()).ctx("head input")?;
-            let rows = normed_var.as_tensor().narrow(1, 0, t - 1).and_then(|x| x.reshape((b * (t - 1), width))).ctx("head rows")?;
+            let rows = normed_var
+                .as_tensor()
+                .narrow(1, 0, t - 1)
+                .and_then(|x| x.reshape((b * (t - 1), width)))
+                .ctx("head rows")?;
             let targets = batch.targets.reshape(b * (t - 1)).ctx("targets")?;
             let mask = batch.target_mask.reshape(b * (t - 1)).ctx("target mask")?;
             let chunk = head_chunk_rows(lm.config().vocab_size);
@@ -172,7 +205,9 @@ impl Engine {
             let mut start = 0;
             while start < b * (t - 1) {
                 let len = chunk.min(b * (t - 1) - start);
-                let logits = lm.lm_head(&rows.narrow(0, start, len).ctx("head chunk")?).map_err(model_err("lm_head"))?;
+                let logits = lm
+                    .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
+                    .map_err(model_err("lm_head"))?;
                 let nll = loss::nll_rows(
                     &logits,
                     &targets.narrow(0, start, len).ctx("head chunk")?,
@@ -180,7 +215,10 @@ impl Engine {
                 )
                 .ctx("loss")?;
                 batch_loss += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
-                let store = (nll * scale).ctx("scaling the loss")?.backward().ctx("head backward")?;
+                let store = (nll * scale)
+                    .ctx("scaling the loss")?
+                    .backward()
+                    .ctx("head backward")?;
                 self.accumulate(&store, &mut grads)?;
                 if let Some(g) = store.get(normed_var.as_tensor()) {
                     grad_normed = Some(match grad_normed.take() {
@@ -194,7 +232,13 @@ impl Engine {
             if !loss_sum.is_finite() {
                 // Nothing has been applied yet: the head's parameters are stepped only below.
                 rng.set_state(rng_after);
-                return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: false });
+                return Ok(StepStats {
+                    loss_sum,
+                    target_tokens,
+                    non_padding_tokens,
+                    grad_norm: None,
+                    applied: false,
+                });
             }
             let grad_normed = match grad_normed {
                 Some(g) => g,
@@ -214,7 +258,9 @@ impl Engine {
                 let (input, out) = if self.levers.recompute {
                     let input = Var::from_tensor(&inputs[layer]).ctx("block input")?;
                     rng.set_state(rng_before[layer]);
-                    let out = lm.block_forward(layer, input.as_tensor(), &ctx, true).map_err(model_err("block recompute"))?;
+                    let out = lm
+                        .block_forward(layer, input.as_tensor(), &ctx, true)
+                        .map_err(model_err("block recompute"))?;
                     (input, out)
                 } else {
                     kept.pop().ok_or_else(|| TrainError::Tensor {
@@ -242,23 +288,43 @@ impl Engine {
             }
         }
         if in_backward {
-            return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: true });
+            return Ok(StepStats {
+                loss_sum,
+                target_tokens,
+                non_padding_tokens,
+                grad_norm: None,
+                applied: true,
+            });
         }
         let grad_norm = match self.max_grad_norm {
             Some(max) => Some(clip_grad_norm(&mut grads, max).ctx("clipping gradients")?),
             None => None,
         };
         optimizer.step(&grads, lr).ctx("optimizer step")?;
-        Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm, applied: true })
+        Ok(StepStats {
+            loss_sum,
+            target_tokens,
+            non_padding_tokens,
+            grad_norm,
+            applied: true,
+        })
     }
 
     /// Steps the parameters of `phase` with their (now complete) gradients and frees those gradients.
-    fn apply_phase(&self, optimizer: &mut AdamW, grads: &mut [Option<Tensor>], phase: Phase, lr: f64) -> Result<(), TrainError> {
+    fn apply_phase(
+        &self,
+        optimizer: &mut AdamW,
+        grads: &mut [Option<Tensor>],
+        phase: Phase,
+        lr: f64,
+    ) -> Result<(), TrainError> {
         for (index, p) in self.phases.iter().enumerate() {
             if *p == phase
                 && let Some(grad) = grads[index].take()
             {
-                optimizer.step_param(index, &grad, lr).ctx("optimizer step")?;
+                optimizer
+                    .step_param(index, &grad, lr)
+                    .ctx("optimizer step")?;
             }
         }
         Ok(())
@@ -275,20 +341,39 @@ impl Engine {
         let target_tokens: u64 = micro_batches.iter().map(|b| b.target_tokens).sum();
         let non_padding_tokens: u64 = micro_batches.iter().map(|b| b.non_padding_tokens).sum();
         if self.levers.recompute || self.levers.optimizer_in_backward {
-            return self.per_block_step(lm, optimizer, micro_batches, lr, target_tokens, non_padding_tokens);
+            return self.per_block_step(
+                lm,
+                optimizer,
+                micro_batches,
+                lr,
+                target_tokens,
+                non_padding_tokens,
+            );
         }
         let scale = 1.0 / target_tokens.max(1) as f64;
         let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
         let mut loss_sum = 0f64;
         for batch in micro_batches {
-            let logits = lm.forward(&batch.input_ids, &batch.attention_mask, true).map_err(model_err("forward"))?;
-            let nll = loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("loss")?;
+            let logits = lm
+                .forward(&batch.input_ids, &batch.attention_mask, true)
+                .map_err(model_err("forward"))?;
+            let nll =
+                loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("loss")?;
             let value = f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
             loss_sum += value;
             if !loss_sum.is_finite() {
-                return Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm: None, applied: false });
+                return Ok(StepStats {
+                    loss_sum,
+                    target_tokens,
+                    non_padding_tokens,
+                    grad_norm: None,
+                    applied: false,
+                });
             }
-            let store = (nll * scale).ctx("scaling the loss")?.backward().ctx("backward")?;
+            let store = (nll * scale)
+                .ctx("scaling the loss")?
+                .backward()
+                .ctx("backward")?;
             self.accumulate(&store, &mut grads)?;
         }
         let grad_norm = match self.max_grad_norm {
@@ -296,12 +381,22 @@ impl Engine {
             None => None,
         };
         optimizer.step(&grads, lr).ctx("optimizer step")?;
-        Ok(StepStats { loss_sum, target_tokens, non_padding_tokens, grad_norm, applied: true })
+        Ok(StepStats {
+            loss_sum,
+            target_tokens,
+            non_padding_tokens,
+            grad_norm,
+            applied: true,
+        })
     }
 
     /// Adds every trainable variable's gradient in `store` to `grads`; other entries (frozen operands) are dropped
     /// with the store.
-    fn accumulate(&self, store: &candle_core::backprop::GradStore, grads: &mut [Option<Tensor>]) -> Result<(), TrainError> {
+    fn accumulate(
+        &self,
+        store: &candle_core::backprop::GradStore,
+        grads: &mut [Option<Tensor>],
+    ) -> Result<(), TrainError> {
         for (id, &index) in &self.index_of {
             if let Some(grad) = store.get_id(*id) {
                 grads[index] = Some(match grads[index].take() {
@@ -315,9 +410,14 @@ impl Engine {
 
     /// Σ token NLL of a batch without dropout or gradients (validation).
     pub fn eval_loss_sum(&self, lm: &model::CausalLm, batch: &Batch) -> Result<f64, TrainError> {
-        let logits = lm.forward(&batch.input_ids, &batch.attention_mask, false).map_err(model_err("forward"))?;
+        let logits = lm
+            .forward(&batch.input_ids, &batch.attention_mask, false)
+            .map_err(model_err("forward"))?;
         let logits = logits.detach();
-        let nll = loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("validation loss")?;
-        Ok(f64::from(nll.to_scalar::<f32>().ctx("reading the validation loss")?))
+        let nll = loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask)
+            .ctx("validation loss")?;
+        Ok(f64::from(
+            nll.to_scalar::<f32>().ctx("reading the validation loss")?,
+        ))
     }
 }

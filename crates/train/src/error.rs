@@ -102,6 +102,9 @@ pub(crate) trait TensorContext<T> {
 
 impl<T> TensorContext<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T, TrainError> {
-        self.map_err(|source| TrainError::Tensor { context: context.to_owned(), source })
+        self.map_err(|source| TrainError::Tensor {
+            context: context.to_owned(),
+            source,
+        })
     }
 }

@@ -13,14 +13,20 @@ use candle_core::{D, DType, Result, Tensor};
 pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, target_mask: &Tensor) -> Result<Tensor> {
     let (b, t, vocab) = logits.dims3()?;
     let predicting = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), vocab))?;
-    nll_rows(&predicting, &targets.reshape(b * (t - 1))?, &target_mask.reshape(b * (t - 1))?)
+    nll_rows(
+        &predicting,
+        &targets.reshape(b * (t - 1))?,
+        &target_mask.reshape(b * (t - 1))?,
+    )
 }
 
 /// The same sum over flat rows: `logits (n, V)`, `targets (n,)` u32, `mask (n,)` f32.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let logits = logits.to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
+    let picked = log_probs
+        .gather(&targets.unsqueeze(1)?.contiguous()?, 1)?
+        .squeeze(1)?;
     (picked * mask.to_dtype(DType::F32)?)?.sum_all()?.neg()
 }
 
@@ -38,29 +44,53 @@ mod tests {
         let device = Device::Cpu;
         let logits = Tensor::new(
             &[
-                [[0.5f32, -1.0, 2.0, 0.1], [1.5, 0.3, -0.7, 0.0], [0.2, 0.2, 0.9, -2.0]],
-                [[-0.3, 1.1, 0.4, 0.8], [2.2, -0.5, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]],
+                [
+                    [0.5f32, -1.0, 2.0, 0.1],
+                    [1.5, 0.3, -0.7, 0.0],
+                    [0.2, 0.2, 0.9, -2.0],
+                ],
+                [
+                    [-0.3, 1.1, 0.4, 0.8],
+                    [2.2, -0.5, 0.0, 1.0],
+                    [0.0, 0.0, 0.0, 0.0],
+                ],
             ],
             &device,
         )?;
         let targets = Tensor::new(&[[2u32, 1], [3, 0]], &device)?;
         let mask = Tensor::new(&[[0f32, 1.0], [1.0, 1.0]], &device)?;
         let loss = masked_nll_sum(&logits, &targets, &mask)?.to_scalar::<f32>()?;
-        assert!((f64::from(loss) - 3.293_094_512_386_588_7).abs() < 1e-5, "{loss}");
+        assert!(
+            (f64::from(loss) - 3.293_094_512_386_588_7).abs() < 1e-5,
+            "{loss}"
+        );
         Ok(())
     }
 
     #[test]
     fn masked_positions_get_no_gradient() -> Result<()> {
         let device = Device::Cpu;
-        let logits = Var::from_tensor(&Tensor::new(&[[[0.5f32, -1.0, 2.0], [0.3, 0.2, 0.1], [1.0, 1.0, 1.0]]], &device)?)?;
+        let logits = Var::from_tensor(&Tensor::new(
+            &[[[0.5f32, -1.0, 2.0], [0.3, 0.2, 0.1], [1.0, 1.0, 1.0]]],
+            &device,
+        )?)?;
         let targets = Tensor::new(&[[2u32, 0]], &device)?;
         let mask = Tensor::new(&[[0f32, 1.0]], &device)?;
         let grads = masked_nll_sum(logits.as_tensor(), &targets, &mask)?.backward()?;
-        let grad: Vec<Vec<Vec<f32>>> = grads.get(logits.as_tensor()).expect("grad of logits").to_vec3()?;
-        assert!(grad[0][0].iter().all(|g| *g == 0.0), "masked position got {:?}", grad[0][0]);
+        let grad: Vec<Vec<Vec<f32>>> = grads
+            .get(logits.as_tensor())
+            .expect("grad of logits")
+            .to_vec3()?;
+        assert!(
+            grad[0][0].iter().all(|g| *g == 0.0),
+            "masked position got {:?}",
+            grad[0][0]
+        );
         assert!(grad[0][1].iter().any(|g| *g != 0.0));
-        assert!(grad[0][2].iter().all(|g| *g == 0.0), "last position predicts nothing");
+        assert!(
+            grad[0][2].iter().all(|g| *g == 0.0),
+            "last position predicts nothing"
+        );
         Ok(())
     }
 }

@@ -79,11 +79,26 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}")
-            .context("progress bar template")?,
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} steps  {msg}",
+        )
+        .context("progress bar template")?,
     );
     let outcome = train::run(&opts, &mut |event| match event {
-        Event::Started { run, out_dir, results_dir, train_rows, val_rows, rows_shortened, rows_skipped, total_steps, start_step, trainable_params, total_params, device } => {
+        Event::Started {
+            run,
+            out_dir,
+            results_dir,
+            train_rows,
+            val_rows,
+            rows_shortened,
+            rows_skipped,
+            total_steps,
+            start_step,
+            trainable_params,
+            total_params,
+            device,
+        } => {
             bar.set_length(total_steps);
             bar.set_position(start_step);
             bar.set_prefix(run.to_owned());
@@ -94,13 +109,24 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 results_dir.display()
             ));
         }
-        Event::Step { step, epoch, loss, lr, tokens_per_second, .. } => {
+        Event::Step {
+            step,
+            epoch,
+            loss,
+            lr,
+            tokens_per_second,
+            ..
+        } => {
             bar.set_position(step);
-            bar.set_message(format!("epoch {epoch}  loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"));
+            bar.set_message(format!(
+                "epoch {epoch}  loss {loss:.4}  lr {lr:.2e}  {tokens_per_second:.0} tok/s"
+            ));
         }
         Event::Validating { epoch } => bar.set_message(format!("epoch {epoch}  validating")),
         Event::EpochFinished(record) => {
-            let val = record.val_loss.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+            let val = record
+                .val_loss
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
             let line = format!(
                 "epoch {}: train loss {:.4}, val loss {val}, {:.1} s, {:.0} tok/s, peak {:.1} MiB ({})",
                 record.epoch,
@@ -110,18 +136,34 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                 record.peak_memory_bytes as f64 / (1024.0 * 1024.0),
                 record.memory_definition
             );
-            if args.quiet { eprintln!("{line}") } else { bar.println(line) }
+            if args.quiet {
+                eprintln!("{line}")
+            } else {
+                bar.println(line)
+            }
         }
         Event::CheckpointSaved { .. } => {}
     });
     bar.finish_and_clear();
     match outcome? {
-        Outcome::Finished { out_dir, results_dir, epochs } => {
-            eprintln!("done: {} epoch(s); model in {}, records in {}", epochs.len(), out_dir.display(), results_dir.display());
+        Outcome::Finished {
+            out_dir,
+            results_dir,
+            epochs,
+        } => {
+            eprintln!(
+                "done: {} epoch(s); model in {}, records in {}",
+                epochs.len(),
+                out_dir.display(),
+                results_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Interrupted { checkpoint, step } => {
-            eprintln!("stopped after step {step}; checkpoint in {} (continue with --resume)", checkpoint.display());
+            eprintln!(
+                "stopped after step {step}; checkpoint in {} (continue with --resume)",
+                checkpoint.display()
+            );
             Ok(ExitCode::from(130))
         }
     }

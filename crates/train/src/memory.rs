@@ -16,7 +16,8 @@ pub const RSS_DEFINITION: &str = "process peak RSS (VmHWM, reset per epoch)";
 /// Definition of the CPU number when the per-epoch reset is not permitted.
 pub const RSS_SINCE_START_DEFINITION: &str = "process peak RSS (VmHWM since process start)";
 /// Definition of the CUDA number.
-pub const NVML_DEFINITION: &str = "device memory used by the process (nvidia-smi compute-apps, sampled every 100 ms)";
+pub const NVML_DEFINITION: &str =
+    "device memory used by the process (nvidia-smi compute-apps, sampled every 100 ms)";
 
 /// Reads a `kB` field such as `VmHWM` from `/proc/self/status`, in bytes.
 pub fn proc_status_bytes(field: &str) -> Option<u64> {
@@ -51,7 +52,11 @@ impl PeakMemory {
         let cuda = cuda && cfg!(feature = "cuda");
         let sampler = if cuda { Some(Sampler::spawn()) } else { None };
         let reset_ok = if cuda { true } else { reset_peak_rss() };
-        Self { cuda, reset_ok, sampler }
+        Self {
+            cuda,
+            reset_ok,
+            sampler,
+        }
     }
 
     /// The definition of the number [`PeakMemory::peak_bytes`] returns.
@@ -93,7 +98,11 @@ impl Sampler {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Self { peak, stop, handle: Some(handle) }
+        Self {
+            peak,
+            stop,
+            handle: Some(handle),
+        }
     }
 }
 
@@ -110,7 +119,10 @@ impl Drop for Sampler {
 /// This process's used device memory per `nvidia-smi --query-compute-apps=pid,used_memory`, in bytes.
 fn nvidia_smi_used_bytes(pid: u32) -> Option<u64> {
     let output = std::process::Command::new("nvidia-smi")
-        .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
         .output()
         .ok()?;
     parse_compute_apps(&String::from_utf8_lossy(&output.stdout), pid)
@@ -120,7 +132,9 @@ fn parse_compute_apps(csv: &str, pid: u32) -> Option<u64> {
     let mut total = None;
     for line in csv.lines() {
         let mut fields = line.split(',').map(str::trim);
-        let (Some(p), Some(mib)) = (fields.next(), fields.next()) else { continue };
+        let (Some(p), Some(mib)) = (fields.next(), fields.next()) else {
+            continue;
+        };
         if p.parse::<u32>().ok() == Some(pid) {
             let mib: u64 = mib.parse().ok()?;
             *total.get_or_insert(0) += mib * 1024 * 1024;

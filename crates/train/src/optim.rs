@@ -95,12 +95,25 @@ impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let mut params = Vec::with_capacity(vars.len());
         for (name, var) in vars {
-            let zeros = Tensor::zeros(var.shape(), DType::F32, &moment_device(&config, var.device()))?;
+            let zeros = Tensor::zeros(
+                var.shape(),
+                DType::F32,
+                &moment_device(&config, var.device()),
+            )?;
             let first = encode(&zeros, config.moments, Kind::First)?;
             let second = encode(&zeros, config.moments, Kind::Second)?;
-            params.push(ParamState { name, var, first, second });
+            params.push(ParamState {
+                name,
+                var,
+                first,
+                second,
+            });
         }
-        Ok(Self { config, params, step: 0 })
+        Ok(Self {
+            config,
+            params,
+            step: 0,
+        })
     }
 
     /// Completed optimiser steps.
@@ -126,7 +139,14 @@ impl AdamW {
     /// Applies one AdamW update to parameter `index` with gradient `grad` at learning rate `lr`.
     /// Call [`AdamW::begin_step`] first.
     pub fn step_param(&mut self, index: usize, grad: &Tensor, lr: f64) -> Result<()> {
-        let AdamWConfig { beta1, beta2, eps, weight_decay, moments, moments_on_host } = self.config;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            moments,
+            moments_on_host,
+        } = self.config;
         let t = self.step.max(1) as i32;
         let state = &mut self.params[index];
         let param_device = state.var.device().clone();
@@ -140,7 +160,11 @@ impl AdamW {
         let bias1 = 1.0 - beta1.powi(t);
         let bias2 = 1.0 - beta2.powi(t);
         let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + eps)?)?;
-        let update = if moments_on_host { update.to_device(&param_device)? } else { update };
+        let update = if moments_on_host {
+            update.to_device(&param_device)?
+        } else {
+            update
+        };
         let param = state.var.as_tensor().to_dtype(DType::F32)?;
         let param = ((param * (1.0 - lr * weight_decay))? - (update * lr)?)?;
         state.var.set(&param.to_dtype(state.var.dtype())?)?;
@@ -183,9 +207,9 @@ impl AdamW {
     /// mismatched tensor.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, steps_done: u64) -> Result<()> {
         let get = |key: String, like: &Tensor, device: &Device| -> Result<Tensor> {
-            let t = tensors
-                .get(&key)
-                .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state has no tensor `{key}`")))?;
+            let t = tensors.get(&key).ok_or_else(|| {
+                candle_core::Error::Msg(format!("optimizer state has no tensor `{key}`"))
+            })?;
             if t.shape() != like.shape() || t.dtype() != like.dtype() {
                 candle_core::bail!(
                     "optimizer state tensor `{key}` is {:?} {:?}, expected {:?} {:?} (different moments setting?)",
@@ -201,7 +225,9 @@ impl AdamW {
             let device = moment_device(&self.config, p.var.device());
             for (suffix, moment) in [("exp_avg", &mut p.first), ("exp_avg_sq", &mut p.second)] {
                 *moment = match moment {
-                    Moment::Dense(t) => Moment::Dense(get(format!("{}.{suffix}", p.name), t, &device)?),
+                    Moment::Dense(t) => {
+                        Moment::Dense(get(format!("{}.{suffix}", p.name), t, &device)?)
+                    }
                     Moment::Int8 { codes, absmax } => Moment::Int8 {
                         codes: get(format!("{}.{suffix}.codes", p.name), codes, &device)?,
                         absmax: get(format!("{}.{suffix}.absmax", p.name), absmax, &device)?,
@@ -215,7 +241,11 @@ impl AdamW {
 }
 
 fn moment_device(config: &AdamWConfig, param_device: &Device) -> Device {
-    if config.moments_on_host { Device::Cpu } else { param_device.clone() }
+    if config.moments_on_host {
+        Device::Cpu
+    } else {
+        param_device.clone()
+    }
 }
 
 fn encode(values: &Tensor, format: MomentFormat, kind: Kind) -> Result<Moment> {
@@ -228,7 +258,10 @@ fn encode(values: &Tensor, format: MomentFormat, kind: Kind) -> Result<Moment> {
             let blocks = n.div_ceil(INT8_BLOCK).max(1);
             let padding = blocks * INT8_BLOCK - n;
             let flat = if padding > 0 {
-                Tensor::cat(&[&flat, &Tensor::zeros(padding, DType::F32, flat.device())?], 0)?
+                Tensor::cat(
+                    &[&flat, &Tensor::zeros(padding, DType::F32, flat.device())?],
+                    0,
+                )?
             } else {
                 flat
             };
@@ -238,10 +271,15 @@ fn encode(values: &Tensor, format: MomentFormat, kind: Kind) -> Result<Moment> {
             let safe = absmax.eq(0.0)?.where_cond(&absmax.ones_like()?, &absmax)?;
             let unit = blocked.broadcast_div(&safe)?;
             let codes = match kind {
-                Kind::First => ((unit.sign()? * unit.abs()?.sqrt()?)? * 127.0)?.round()?.affine(1.0, 127.0)?,
+                Kind::First => ((unit.sign()? * unit.abs()?.sqrt()?)? * 127.0)?
+                    .round()?
+                    .affine(1.0, 127.0)?,
                 Kind::Second => (unit.relu()?.sqrt()?.sqrt()? * 255.0)?.round()?,
             };
-            Ok(Moment::Int8 { codes: codes.to_dtype(DType::U8)?, absmax })
+            Ok(Moment::Int8 {
+                codes: codes.to_dtype(DType::U8)?,
+                absmax,
+            })
         }
     }
 }
@@ -259,7 +297,10 @@ fn decode(moment: &Moment, shape: &candle_core::Shape, kind: Kind) -> Result<Ten
                 Kind::Second => (codes / 255.0)?.sqr()?.sqr()?,
             };
             let safe = absmax.eq(0.0)?.where_cond(&absmax.ones_like()?, absmax)?;
-            unit.broadcast_mul(&safe)?.flatten_all()?.narrow(0, 0, shape.elem_count())?.reshape(shape)
+            unit.broadcast_mul(&safe)?
+                .flatten_all()?
+                .narrow(0, 0, shape.elem_count())?
+                .reshape(shape)
         }
     }
 }
@@ -269,7 +310,12 @@ fn decode(moment: &Moment, shape: &candle_core::Shape, kind: Kind) -> Result<Ten
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut sum_sq = 0f64;
     for grad in grads.iter().flatten() {
-        sum_sq += f64::from(grad.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        sum_sq += f64::from(
+            grad.to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?,
+        );
     }
     let norm = sum_sq.sqrt();
     let factor = max_norm / (norm + 1e-6);
@@ -286,7 +332,14 @@ mod tests {
     use super::*;
 
     fn config(moments: MomentFormat) -> AdamWConfig {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, moments, moments_on_host: false }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            moments,
+            moments_on_host: false,
+        }
     }
 
     // Reference (PyTorch 2.x):
@@ -302,7 +355,8 @@ mod tests {
             let t = i as i32 + 1;
             m = b1 * m + (1.0 - b1) * g;
             v = b2 * v + (1.0 - b2) * g * g;
-            p = p * (1.0 - lr * wd) - lr * (m / (1.0 - b1.powi(t))) / ((v / (1.0 - b2.powi(t))).sqrt() + eps);
+            p = p * (1.0 - lr * wd)
+                - lr * (m / (1.0 - b1.powi(t))) / ((v / (1.0 - b2.powi(t))).sqrt() + eps);
         }
         p
     }
@@ -318,17 +372,28 @@ mod tests {
         let got: Vec<f32> = var.as_tensor().to_vec1()?;
         for (i, p0) in [1.0, -2.0, 0.5].into_iter().enumerate() {
             let want = reference(p0, &[f64::from(grads[0][i]), f64::from(grads[1][i])]);
-            assert!((f64::from(got[i]) - want).abs() < 1e-6, "param {i}: {} vs {want}", got[i]);
+            assert!(
+                (f64::from(got[i]) - want).abs() < 1e-6,
+                "param {i}: {} vs {want}",
+                got[i]
+            );
         }
         Ok(())
     }
 
     #[test]
     fn int8_codes_round_trip_within_companding_error() -> Result<()> {
-        let values: Vec<f32> = (0..600).map(|i| ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 100.0)).collect();
+        let values: Vec<f32> = (0..600)
+            .map(|i| ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 100.0))
+            .collect();
         let t = Tensor::from_vec(values.clone(), (20, 30), &Device::Cpu)?;
-        let back: Vec<f32> =
-            decode(&encode(&t, MomentFormat::Int8, Kind::First)?, t.shape(), Kind::First)?.flatten_all()?.to_vec1()?;
+        let back: Vec<f32> = decode(
+            &encode(&t, MomentFormat::Int8, Kind::First)?,
+            t.shape(),
+            Kind::First,
+        )?
+        .flatten_all()?
+        .to_vec1()?;
         for (block, chunk) in values.chunks(INT8_BLOCK).enumerate() {
             let absmax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (j, v) in chunk.iter().enumerate() {
@@ -339,8 +404,13 @@ mod tests {
             }
         }
         let sq = t.sqr()?;
-        let back_sq: Vec<f32> =
-            decode(&encode(&sq, MomentFormat::Int8, Kind::Second)?, t.shape(), Kind::Second)?.flatten_all()?.to_vec1()?;
+        let back_sq: Vec<f32> = decode(
+            &encode(&sq, MomentFormat::Int8, Kind::Second)?,
+            t.shape(),
+            Kind::Second,
+        )?
+        .flatten_all()?
+        .to_vec1()?;
         assert!(back_sq.iter().all(|v| *v >= 0.0));
         Ok(())
     }
@@ -349,9 +419,12 @@ mod tests {
     fn every_moment_format_and_host_placement_trains_a_quadratic() -> Result<()> {
         // Minimise |w − target|² from zero; all formats must get close in 300 steps.
         let target = Tensor::new(&[0.5f32, -1.0, 2.0, 0.0], &Device::Cpu)?;
-        for (format, on_host) in
-            [(MomentFormat::F32, false), (MomentFormat::Bf16, false), (MomentFormat::Int8, false), (MomentFormat::F32, true)]
-        {
+        for (format, on_host) in [
+            (MomentFormat::F32, false),
+            (MomentFormat::Bf16, false),
+            (MomentFormat::Int8, false),
+            (MomentFormat::F32, true),
+        ] {
             let var = Var::zeros(4, DType::F32, &Device::Cpu)?;
             let mut cfg = config(format);
             cfg.weight_decay = 0.0;
@@ -361,7 +434,10 @@ mod tests {
                 let grad = ((var.as_tensor() - &target)? * 2.0)?;
                 opt.step(&[Some(grad)], 0.05)?;
             }
-            let err = (var.as_tensor() - &target)?.abs()?.max_keepdim(0)?.to_vec1::<f32>()?[0];
+            let err = (var.as_tensor() - &target)?
+                .abs()?
+                .max_keepdim(0)?
+                .to_vec1::<f32>()?[0];
             assert!(err < 0.05, "{format:?} on_host={on_host}: max error {err}");
         }
         Ok(())
@@ -380,9 +456,16 @@ mod tests {
             let g = Tensor::new(&[0.2f32, 0.4], &Device::Cpu)?;
             opt.step(&[Some(g.clone())], 0.01)?;
             restored.step(&[Some(g)], 0.01)?;
-            assert_eq!(var.as_tensor().to_vec1::<f32>()?, twin.as_tensor().to_vec1::<f32>()?, "{format:?}");
+            assert_eq!(
+                var.as_tensor().to_vec1::<f32>()?,
+                twin.as_tensor().to_vec1::<f32>()?,
+                "{format:?}"
+            );
             let mut wrong = AdamW::new(vec![("other".into(), twin)], config(format))?;
-            let err = wrong.load_state(&saved, 1).expect_err("a missing tensor must fail").to_string();
+            let err = wrong
+                .load_state(&saved, 1)
+                .expect_err("a missing tensor must fail")
+                .to_string();
             assert!(err.contains("other.exp_avg"), "{err}");
         }
         Ok(())
@@ -390,7 +473,11 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_max_norm() -> Result<()> {
-        let mut grads = vec![Some(Tensor::new(&[3.0f32, 0.0], &Device::Cpu)?), None, Some(Tensor::new(&[4.0f32], &Device::Cpu)?)];
+        let mut grads = vec![
+            Some(Tensor::new(&[3.0f32, 0.0], &Device::Cpu)?),
+            None,
+            Some(Tensor::new(&[4.0f32], &Device::Cpu)?),
+        ];
         let norm = clip_grad_norm(&mut grads, 1.0)?;
         assert!((norm - 5.0).abs() < 1e-6);
         let a = grads[0].as_ref().expect("grad").to_vec1::<f32>()?;

@@ -151,11 +151,18 @@ struct Setup {
 }
 
 fn plan_err(setup_origin: &str, key: &str, reason: impl Into<String>) -> TrainError {
-    TrainError::Plan { path: PathBuf::from(setup_origin), key: key.to_owned(), reason: reason.into() }
+    TrainError::Plan {
+        path: PathBuf::from(setup_origin),
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.to_path_buf(), source }
+    TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn model_err(context: impl Into<String>) -> impl FnOnce(model::Error) -> TrainError {
@@ -181,11 +188,14 @@ pub(crate) fn select_device(spec: DeviceSpec) -> Result<(Device, String), TrainE
             if !cfg!(feature = "cuda") {
                 return Err(TrainError::Device {
                     spec: spec.to_string(),
-                    reason: "this binary was built without CUDA; rebuild with `--features cuda`".to_owned(),
+                    reason: "this binary was built without CUDA; rebuild with `--features cuda`"
+                        .to_owned(),
                 });
             }
-            let device = Device::new_cuda(n)
-                .map_err(|e| TrainError::Device { spec: spec.to_string(), reason: e.to_string() })?;
+            let device = Device::new_cuda(n).map_err(|e| TrainError::Device {
+                spec: spec.to_string(),
+                reason: e.to_string(),
+            })?;
             Ok((device, format!("cuda:{n}")))
         }
     }
@@ -213,27 +223,53 @@ fn prepare(opts: &RunOptions) -> Result<Setup, TrainError> {
     let plan_toml = plan.to_toml()?;
     let (device, device_label) = select_device(plan.model.device)?;
     if plan.model.dtype == task::config::DType::F16 {
-        return Err(plan_err(&origin, "model.dtype", "f16 training is not supported (no loss scaling); use f32 or bf16"));
+        return Err(plan_err(
+            &origin,
+            "model.dtype",
+            "f16 training is not supported (no loss scaling); use f32 or bf16",
+        ));
     }
     let model_dir = resolve_model(&plan, &origin)?;
     let config_path = model_dir.join("config.json");
     let family = model::ModelConfig::from_file(&config_path)
-        .map_err(model_err(format!("{origin}: model.source `{}`", plan.model.source)))?
+        .map_err(model_err(format!(
+            "{origin}: model.source `{}`",
+            plan.model.source
+        )))?
         .model_type
         .as_str()
         .to_owned();
     let out_dir = plan.run_dir();
     let results_dir = plan.results_dir();
-    Ok(Setup { plan, plan_toml, origin, device, device_label, model_dir, family, out_dir, results_dir })
+    Ok(Setup {
+        plan,
+        plan_toml,
+        origin,
+        device,
+        device_label,
+        model_dir,
+        family,
+        out_dir,
+        results_dir,
+    })
 }
 
-/// The HF-layout directory of `model.source`.
+/// The HF-layout directory of `model.source`: a directory, a repository in the offline HF cache, or a GGUF file
+/// (converted once into `.cache/converted/`).
 fn resolve_model(plan: &TrainPlan, origin: &str) -> Result<PathBuf, TrainError> {
-    let dir = PathBuf::from(&plan.model.source);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    Err(plan_err(origin, "model.source", format!("`{}` is not a model directory", plan.model.source)))
+    let opts = model::source::ResolveOptions {
+        gguf_tokenizer: plan.model.tokenizer.clone(),
+        ..Default::default()
+    };
+    model::source::ModelSource::parse(&plan.model.source)
+        .resolve(&opts)
+        .map_err(|e| {
+            plan_err(
+                origin,
+                "model.source",
+                format!("`{}`: {e}", plan.model.source),
+            )
+        })
 }
 
 /// Lever combinations the trainer cannot honour, reported against their config keys.
@@ -244,7 +280,10 @@ fn check_levers(plan: &TrainPlan, origin: &str) -> Result<(), TrainError> {
             return Err(plan_err(
                 origin,
                 "lora.targets",
-                format!("`{bad}` matches no linear layer of the model (known: {})", known.join(", ")),
+                format!(
+                    "`{bad}` matches no linear layer of the model (known: {})",
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -299,14 +338,25 @@ struct Data {
     manifest: task::SplitManifest,
 }
 
-fn load_data(setup: &Setup, codec: &model::text::TextCodec, zip_password: Option<String>) -> Result<Data, TrainError> {
+fn load_data(
+    setup: &Setup,
+    codec: &model::text::TextCodec,
+    zip_password: Option<String>,
+) -> Result<Data, TrainError> {
     let plan = &setup.plan;
     let data_ctx = format!("{}: data.path `{}`", setup.origin, plan.data.path.display());
-    let problems = task::load(&plan.data.path, &plan.load_options(zip_password))
-        .map_err(|e| TrainError::Data { context: data_ctx.clone(), reason: e.to_string() })?;
+    let problems = task::load(&plan.data.path, &plan.load_options(zip_password)).map_err(|e| {
+        TrainError::Data {
+            context: data_ctx.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let manifest = plan
         .resolve_split(&problems)
-        .map_err(|e| TrainError::Data { context: format!("{}: data.split", setup.origin), reason: e.to_string() })?;
+        .map_err(|e| TrainError::Data {
+            context: format!("{}: data.split", setup.origin),
+            reason: e.to_string(),
+        })?;
     let (train_rows, val_rows) = manifest.train_validation_rows(
         &problems,
         &plan.data.variants,
@@ -314,19 +364,31 @@ fn load_data(setup: &Setup, codec: &model::text::TextCodec, zip_password: Option
         manifest.seed,
     );
     if train_rows.is_empty() {
-        return Err(TrainError::Data { context: data_ctx, reason: "the split leaves no training rows".to_owned() });
+        return Err(TrainError::Data {
+            context: data_ctx,
+            reason: "the split leaves no training rows".to_owned(),
+        });
     }
-    let text_err = |context: String| move |e: model::text::TextError| TrainError::Data { context, reason: e.to_string() };
+    let text_err = |context: String| {
+        move |e: model::text::TextError| TrainError::Data {
+            context,
+            reason: e.to_string(),
+        }
+    };
     let use_chat = plan.prompt.chat_template && codec.chat_template().is_some();
     // Prompt ids exactly as eval builds them: the template's prompt, wrapped in the model's chat template when
     // `prompt.chat_template` is set and the tokenizer has one (the chat text carries its own BOS).
     let prompt_ids = |question: &str, variant: task::Variant| -> Result<Vec<u32>, TrainError> {
         let prompt = plan.prompt.template.render(question, variant);
         if use_chat {
-            let ids = codec.encode_chat_prompt(&prompt).map_err(text_err("rendering the chat template".to_owned()))?;
+            let ids = codec
+                .encode_chat_prompt(&prompt)
+                .map_err(text_err("rendering the chat template".to_owned()))?;
             Ok(ids.unwrap_or_default())
         } else {
-            codec.encode_prompt(&prompt).map_err(text_err("encoding a prompt".to_owned()))
+            codec
+                .encode_prompt(&prompt)
+                .map_err(text_err("encoding a prompt".to_owned()))
         }
     };
     // The template's frame: what prompts for two unrelated questions share at the start and the end.
@@ -343,9 +405,16 @@ fn load_data(setup: &Setup, codec: &model::text::TextCodec, zip_password: Option
             let mut ids = prompt_ids(&row.question, row.variant)?;
             let prompt_len = ids.len();
             let completion = task::prompt::completion_target_of(&row.reference);
-            ids.extend(codec.encode_raw(&completion).map_err(text_err(format!("encoding the reference of {}", row.row_id)))?);
+            ids.extend(codec.encode_raw(&completion).map_err(text_err(format!(
+                "encoding the reference of {}",
+                row.row_id
+            )))?);
             ids.push(codec.eos_id());
-            let token_row = TokenRow { id: row.row_id.clone(), ids, prompt_len };
+            let token_row = TokenRow {
+                id: row.row_id.clone(),
+                ids,
+                prompt_len,
+            };
             match batch::fit_row(token_row, frame, max_len) {
                 Fit::Kept(r) => out.push(r),
                 Fit::Shortened { row, .. } => {
@@ -362,10 +431,19 @@ fn load_data(setup: &Setup, codec: &model::text::TextCodec, zip_password: Option
     if train.is_empty() {
         return Err(TrainError::Data {
             context: format!("{}: optim.max_seq_len", setup.origin),
-            reason: format!("all {} training rows are longer than {max_len} tokens even with the prompt shortened", train_rows.len()),
+            reason: format!(
+                "all {} training rows are longer than {max_len} tokens even with the prompt shortened",
+                train_rows.len()
+            ),
         });
     }
-    Ok(Data { train, val, rows_shortened: shortened, rows_skipped: skipped, manifest })
+    Ok(Data {
+        train,
+        val,
+        rows_shortened: shortened,
+        rows_skipped: skipped,
+        manifest,
+    })
 }
 
 /// Steps per epoch: one per group of `batch_size · grad_accum` rows (the last group may be smaller).
@@ -390,7 +468,9 @@ fn optimizer_config(plan: &TrainPlan) -> AdamWConfig {
 
 fn optimizer_label(plan: &TrainPlan) -> String {
     let o = &plan.optim;
-    let clip = o.max_grad_norm.map_or_else(String::new, |n| format!(", clip {n}"));
+    let clip = o
+        .max_grad_norm
+        .map_or_else(String::new, |n| format!(", clip {n}"));
     format!(
         "AdamW(betas=[{}, {}], eps={:e}, weight_decay={}, moments={}{}{})",
         o.betas[0],
@@ -398,7 +478,11 @@ fn optimizer_label(plan: &TrainPlan) -> String {
         o.eps,
         o.weight_decay,
         plan.memory.moments.as_str(),
-        if plan.memory.moments_on_host { " on host" } else { "" },
+        if plan.memory.moments_on_host {
+            " on host"
+        } else {
+            ""
+        },
         clip
     )
 }
@@ -438,7 +522,13 @@ fn resume_key(plan_toml: &str, origin: &str) -> Result<String, TrainError> {
 
 /// Copies the tokenizer files eval needs from the model directory into `out_dir`.
 fn copy_tokenizer(model_dir: &Path, out_dir: &Path) -> Result<(), TrainError> {
-    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"] {
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
         let from = model_dir.join(name);
         if from.is_file() {
             let bytes = std::fs::read(&from).map_err(|e| io_err(&from, e))?;
@@ -457,7 +547,9 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
     let resumed_state = match (&latest, opts.resume) {
         (Some(dir), true) => {
             let state = checkpoint::load_state(dir)?;
-            if resume_key(&state.plan_toml, &dir.display().to_string())? != resume_key(&setup.plan_toml, &setup.origin)? {
+            if resume_key(&state.plan_toml, &dir.display().to_string())?
+                != resume_key(&setup.plan_toml, &setup.origin)?
+            {
                 return Err(TrainError::Resume {
                     path: dir.clone(),
                     reason: format!(
@@ -492,10 +584,11 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
     std::fs::create_dir_all(&setup.out_dir).map_err(|e| io_err(&setup.out_dir, e))?;
     std::fs::create_dir_all(&setup.results_dir).map_err(|e| io_err(&setup.results_dir, e))?;
 
-    let codec = model::text::TextCodec::from_dir(&setup.model_dir).map_err(|e| TrainError::Data {
-        context: format!("loading the tokenizer of {}", setup.model_dir.display()),
-        reason: e.to_string(),
-    })?;
+    let codec =
+        model::text::TextCodec::from_dir(&setup.model_dir).map_err(|e| TrainError::Data {
+            context: format!("loading the tokenizer of {}", setup.model_dir.display()),
+            reason: e.to_string(),
+        })?;
     let data = load_data(&setup, &codec, opts.zip_password.clone())?;
 
     // Everything eval needs besides the weights, written up front so an interrupted run is inspectable.
@@ -503,7 +596,10 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
     copy_tokenizer(&setup.model_dir, &setup.out_dir)?;
     data.manifest
         .save(&setup.out_dir.join("split.json"))
-        .map_err(|e| TrainError::Data { context: format!("writing {}", setup.out_dir.join("split.json").display()), reason: e.to_string() })?;
+        .map_err(|e| TrainError::Data {
+            context: format!("writing {}", setup.out_dir.join("split.json").display()),
+            reason: e.to_string(),
+        })?;
 
     let dtype = to_candle_dtype(plan.model.dtype);
     let trainable = trainable_of(plan);
@@ -511,23 +607,44 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         (Some((dir, _)), Method::Full) => {
             let weights = dir.join("weights");
             model::CausalLm::load(&weights, dtype, &setup.device, &trainable, plan.optim.seed)
-                .map_err(model_err(format!("loading the checkpoint weights {}", weights.display())))?
+                .map_err(model_err(format!(
+                    "loading the checkpoint weights {}",
+                    weights.display()
+                )))?
         }
-        _ => model::CausalLm::load(&setup.model_dir, dtype, &setup.device, &trainable, plan.optim.seed)
-            .map_err(model_err(format!("{}: model.source `{}` ({})", setup.origin, plan.model.source, setup.model_dir.display())))?,
+        _ => model::CausalLm::load(
+            &setup.model_dir,
+            dtype,
+            &setup.device,
+            &trainable,
+            plan.optim.seed,
+        )
+        .map_err(model_err(format!(
+            "{}: model.source `{}` ({})",
+            setup.origin,
+            plan.model.source,
+            setup.model_dir.display()
+        )))?,
     };
     if let (Some((dir, _)), Method::Lora) = (&resumed_state, plan.method()) {
         let weights = dir.join("weights");
-        lm.load_adapter(&weights).map_err(model_err(format!("loading the checkpoint adapter {}", weights.display())))?;
+        lm.load_adapter(&weights).map_err(model_err(format!(
+            "loading the checkpoint adapter {}",
+            weights.display()
+        )))?;
     }
     let (trainable_params, total_params) = lm.param_counts();
     let (trainable_params, total_params) = (trainable_params as u64, total_params as u64);
-    let mut optimizer = AdamW::new(lm.trainable_vars(), optimizer_config(plan)).ctx("creating the optimizer")?;
+    let mut optimizer =
+        AdamW::new(lm.trainable_vars(), optimizer_config(plan)).ctx("creating the optimizer")?;
     let engine = Engine::new(&optimizer, &plan.memory, plan.optim.max_grad_norm);
 
     let steps_per_epoch = steps_per_epoch(data.train.len(), plan);
     let full_steps = steps_per_epoch * u64::from(plan.optim.epochs);
-    let total_steps = plan.optim.max_steps.map_or(full_steps, |cap| cap.min(full_steps));
+    let total_steps = plan
+        .optim
+        .max_steps
+        .map_or(full_steps, |cap| cap.min(full_steps));
     let schedule = schedule_of(plan, total_steps);
 
     let mut state = match resumed_state {
@@ -535,7 +652,10 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
             let tensors = checkpoint::load_optimizer(&dir, &setup.device)?;
             optimizer
                 .load_state(&tensors, state.step)
-                .map_err(|e| TrainError::Resume { path: dir.join("optimizer.safetensors"), reason: e.to_string() })?;
+                .map_err(|e| TrainError::Resume {
+                    path: dir.join("optimizer.safetensors"),
+                    reason: e.to_string(),
+                })?;
             lm.rng().set_state(state.dropout_rng);
             state
         }
@@ -588,11 +708,25 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
     let group_size = plan.optim.batch_size * plan.optim.grad_accum;
     let pad_id = codec.pad_id();
     let cuda = setup.device.is_cuda();
-    let save_checkpoint = |state: &mut TrainState, lm: &model::CausalLm, optimizer: &AdamW| -> Result<(), TrainError> {
+    let save_checkpoint = |state: &mut TrainState,
+                           lm: &model::CausalLm,
+                           optimizer: &AdamW|
+     -> Result<(), TrainError> {
         state.dropout_rng = lm.rng().state();
-        checkpoint::save(&paths, state, optimizer.state_tensors(), |dir| match plan.method() {
-            Method::Lora => lm.save_adapter(dir, &plan.model.source).map_err(model_err(format!("writing the adapter to {}", dir.display()))),
-            Method::Full => lm.save_full(dir).map_err(model_err(format!("writing the weights to {}", dir.display()))),
+        checkpoint::save(&paths, state, optimizer.state_tensors(), |dir| {
+            match plan.method() {
+                Method::Lora => {
+                    lm.save_adapter(dir, &plan.model.source)
+                        .map_err(model_err(format!(
+                            "writing the adapter to {}",
+                            dir.display()
+                        )))
+                }
+                Method::Full => lm.save_full(dir).map_err(model_err(format!(
+                    "writing the weights to {}",
+                    dir.display()
+                ))),
+            }
         })
     };
 
@@ -603,7 +737,10 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         let mut segment_start = Instant::now();
         while state.cursor < steps_per_epoch && state.step < total_steps {
             let start = state.cursor as usize * group_size;
-            let rows: Vec<&TokenRow> = order[start..(start + group_size).min(order.len())].iter().map(|&i| &data.train[i]).collect();
+            let rows: Vec<&TokenRow> = order[start..(start + group_size).min(order.len())]
+                .iter()
+                .map(|&i| &data.train[i])
+                .collect();
             let micro_batches = rows
                 .chunks(plan.optim.batch_size)
                 .map(|chunk| batch::make_batch(chunk, pad_id, &setup.device))
@@ -616,7 +753,10 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
                         chunk.iter().map(|r| serde_json::json!({"id": r.id, "ids": r.ids, "prompt_len": r.prompt_len})).collect()
                     })
                     .collect();
-                task::records::append_jsonl(path, &serde_json::json!({"step": state.step + 1, "micro_batches": micro}))?;
+                task::records::append_jsonl(
+                    path,
+                    &serde_json::json!({"step": state.step + 1, "micro_batches": micro}),
+                )?;
             }
             let lr = schedule.lr(state.step);
             let step_start = Instant::now();
@@ -655,16 +795,25 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
                 tokens_per_second: stats.non_padding_tokens as f64 / step_seconds.max(1e-9),
             });
             let stop = opts.stop.load(Ordering::SeqCst);
-            let periodic = opts.checkpoint_every.is_some_and(|n| n > 0 && state.step % n == 0);
+            let periodic = opts
+                .checkpoint_every
+                .is_some_and(|n| n > 0 && state.step % n == 0);
             let epoch_done = state.cursor == steps_per_epoch || state.step == total_steps;
             if (stop || periodic) && !epoch_done {
                 state.progress.wall_seconds += segment_start.elapsed().as_secs_f64();
-                state.progress.peak_memory_bytes = state.progress.peak_memory_bytes.max(peak.peak_bytes());
+                state.progress.peak_memory_bytes =
+                    state.progress.peak_memory_bytes.max(peak.peak_bytes());
                 save_checkpoint(&mut state, &lm, &optimizer)?;
-                on_event(Event::CheckpointSaved { path: &paths.current, step: state.step });
+                on_event(Event::CheckpointSaved {
+                    path: &paths.current,
+                    step: state.step,
+                });
                 segment_start = Instant::now();
                 if stop {
-                    return Ok(Outcome::Interrupted { checkpoint: paths.current.clone(), step: state.step });
+                    return Ok(Outcome::Interrupted {
+                        checkpoint: paths.current.clone(),
+                        step: state.step,
+                    });
                 }
             }
         }
@@ -672,9 +821,24 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         let wall_seconds = state.progress.wall_seconds + segment_start.elapsed().as_secs_f64();
         let peak_memory_bytes = state.progress.peak_memory_bytes.max(peak.peak_bytes());
         on_event(Event::Validating { epoch });
-        let val_loss = validation_loss(&engine, &lm, &data.val, plan.optim.batch_size, pad_id, &setup.device)?;
+        let val_loss = validation_loss(
+            &engine,
+            &lm,
+            &data.val,
+            plan.optim.batch_size,
+            pad_id,
+            &setup.device,
+        )?;
         let progress = std::mem::take(&mut state.progress);
-        let record = record_base.record(epoch, state.step, wall_seconds, &progress, val_loss, peak_memory_bytes, peak.definition());
+        let record = record_base.record(
+            epoch,
+            state.step,
+            wall_seconds,
+            &progress,
+            val_loss,
+            peak_memory_bytes,
+            peak.definition(),
+        );
         state.epochs.push(record);
         state.epoch += 1;
         state.cursor = 0;
@@ -684,11 +848,22 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
             state.finished = true;
         }
         save_checkpoint(&mut state, &lm, &optimizer)?;
-        on_event(Event::CheckpointSaved { path: &paths.current, step: state.step });
+        on_event(Event::CheckpointSaved {
+            path: &paths.current,
+            step: state.step,
+        });
         write_records(&setup.results_dir, &state)?;
-        on_event(Event::EpochFinished(state.epochs.last().expect("an epoch record was just pushed")));
+        on_event(Event::EpochFinished(
+            state
+                .epochs
+                .last()
+                .expect("an epoch record was just pushed"),
+        ));
         if opts.stop.load(Ordering::SeqCst) && !last {
-            return Ok(Outcome::Interrupted { checkpoint: paths.current.clone(), step: state.step });
+            return Ok(Outcome::Interrupted {
+                checkpoint: paths.current.clone(),
+                step: state.step,
+            });
         }
     }
     if !state.finished {
@@ -698,7 +873,11 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         save_checkpoint(&mut state, &lm, &optimizer)?;
     }
     write_records(&setup.results_dir, &state)?;
-    Ok(Outcome::Finished { out_dir: setup.out_dir.clone(), results_dir: setup.results_dir.clone(), epochs: state.epochs })
+    Ok(Outcome::Finished {
+        out_dir: setup.out_dir.clone(),
+        results_dir: setup.results_dir.clone(),
+        epochs: state.epochs,
+    })
 }
 
 fn validation_loss(
@@ -727,8 +906,14 @@ fn export_model(lm: &model::CausalLm, plan: &TrainPlan, out_dir: &Path) -> Resul
     match plan.method() {
         Method::Lora => lm
             .save_adapter(out_dir, &plan.model.source)
-            .map_err(model_err(format!("writing the adapter to {}", out_dir.display()))),
-        Method::Full => lm.save_full(out_dir).map_err(model_err(format!("writing the weights to {}", out_dir.display()))),
+            .map_err(model_err(format!(
+                "writing the adapter to {}",
+                out_dir.display()
+            ))),
+        Method::Full => lm.save_full(out_dir).map_err(model_err(format!(
+            "writing the weights to {}",
+            out_dir.display()
+        ))),
     }
 }
 
@@ -738,8 +923,17 @@ fn write_records(results_dir: &Path, state: &TrainState) -> Result<(), TrainErro
         let extra = &mut summary.extra;
         extra.insert("steps".into(), serde_json::json!(state.step));
         extra.insert("finished".into(), serde_json::json!(state.finished));
-        extra.insert("wall_seconds_definition".into(), serde_json::json!("training steps only (validation and checkpoint writes excluded)"));
-        extra.insert("loss_history".into(), serde_json::to_value(&state.loss_history).map_err(|e| TrainError::Json { path: results_dir.join("train_summary.json"), source: e })?);
+        extra.insert(
+            "wall_seconds_definition".into(),
+            serde_json::json!("training steps only (validation and checkpoint writes excluded)"),
+        );
+        extra.insert(
+            "loss_history".into(),
+            serde_json::to_value(&state.loss_history).map_err(|e| TrainError::Json {
+                path: results_dir.join("train_summary.json"),
+                source: e,
+            })?,
+        );
         task::records::write_json(&results_dir.join("train_summary.json"), &summary)?;
     }
     Ok(())

@@ -48,7 +48,12 @@ mod tests {
 
     #[test]
     fn warmup_then_linear_decay() {
-        let s = Schedule { peak: 1.0, warmup_steps: 4, total_steps: 12, decay: Decay::Linear };
+        let s = Schedule {
+            peak: 1.0,
+            warmup_steps: 4,
+            total_steps: 12,
+            decay: Decay::Linear,
+        };
         let lrs: Vec<f64> = (0..12).map(|i| s.lr(i)).collect();
         assert_eq!(&lrs[..4], &[0.25, 0.5, 0.75, 1.0]);
         assert!((lrs[7] - 0.5).abs() < 1e-12);
@@ -58,10 +63,18 @@ mod tests {
 
     #[test]
     fn cosine_reaches_half_at_mid_decay_and_constant_stays() {
-        let s = Schedule { peak: 2.0, warmup_steps: 0, total_steps: 10, decay: Decay::Cosine };
+        let s = Schedule {
+            peak: 2.0,
+            warmup_steps: 0,
+            total_steps: 10,
+            decay: Decay::Cosine,
+        };
         assert!((s.lr(4) - 1.0).abs() < 1e-12);
         assert!(s.lr(9).abs() < 1e-12);
-        let c = Schedule { decay: Decay::Constant, ..s };
+        let c = Schedule {
+            decay: Decay::Constant,
+            ..s
+        };
         assert!((0..20).all(|i| c.lr(i) == 2.0));
     }
 }

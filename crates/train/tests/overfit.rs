@@ -20,8 +20,14 @@ fn one_batch() -> Batch {
         .map(|p| {
             // A short prompt keeps the debug-build test fast; the template is irrelevant to overfitting.
             let prompt = format!("Question: {}\n", p.questions[&task::Variant::Simplified]);
-            let pair = codec.encode_pair(&prompt, &task::completion_target(p)).expect("encode");
-            TokenRow { id: p.id.clone(), ids: pair.ids, prompt_len: pair.prompt_len }
+            let pair = codec
+                .encode_pair(&prompt, &task::completion_target(p))
+                .expect("encode");
+            TokenRow {
+                id: p.id.clone(),
+                ids: pair.ids,
+                prompt_len: pair.prompt_len,
+            }
         })
         .collect();
     let refs: Vec<&TokenRow> = rows.iter().collect();
@@ -29,7 +35,14 @@ fn one_batch() -> Batch {
 }
 
 fn adamw() -> AdamWConfig {
-    AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, moments: MomentFormat::F32, moments_on_host: false }
+    AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        moments: MomentFormat::F32,
+        moments_on_host: false,
+    }
 }
 
 /// Trains `steps` steps on one batch; returns the per-step mean losses.
@@ -39,7 +52,9 @@ fn overfit(lm: &model::CausalLm, lr: f64, steps: usize) -> Vec<f64> {
     let engine = Engine::new(&optimizer, &MemorySection::default(), None);
     (0..steps)
         .map(|_| {
-            let stats = engine.train_step(lm, &mut optimizer, std::slice::from_ref(&batch), lr).expect("step");
+            let stats = engine
+                .train_step(lm, &mut optimizer, std::slice::from_ref(&batch), lr)
+                .expect("step");
             assert!(stats.applied);
             stats.loss_sum / stats.target_tokens as f64
         })
@@ -48,10 +63,20 @@ fn overfit(lm: &model::CausalLm, lr: f64, steps: usize) -> Vec<f64> {
 
 #[test]
 fn full_fine_tuning_overfits_one_batch() {
-    let lm = model::CausalLm::load(&tiny_model(), DType::F32, &Device::Cpu, &model::Trainable::Full, 3).expect("model");
+    let lm = model::CausalLm::load(
+        &tiny_model(),
+        DType::F32,
+        &Device::Cpu,
+        &model::Trainable::Full,
+        3,
+    )
+    .expect("model");
     let losses = overfit(&lm, 3e-3, 40);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
-    assert!(last < 0.1 * first, "full FT loss {first:.4} → {last:.4} (want a > 90% drop): {losses:?}");
+    assert!(
+        last < 0.1 * first,
+        "full FT loss {first:.4} → {last:.4} (want a > 90% drop): {losses:?}"
+    );
 }
 
 #[test]
@@ -60,23 +85,43 @@ fn lora_overfits_one_batch_and_leaves_the_base_bit_identical() {
         r: 16,
         alpha: 32.0,
         dropout: 0.0,
-        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            .map(String::from)
-            .to_vec(),
+        target_modules: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
-    let lm = model::CausalLm::load(&tiny_model(), DType::F32, &Device::Cpu, &model::Trainable::Lora(lora), 3)
-        .expect("model");
+    let lm = model::CausalLm::load(
+        &tiny_model(),
+        DType::F32,
+        &Device::Cpu,
+        &model::Trainable::Lora(lora),
+        3,
+    )
+    .expect("model");
     let before: Vec<(String, Vec<f32>)> = sorted_base(&lm);
     let losses = overfit(&lm, 2e-2, 60);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     // The tiny fixture's frozen lm_head (rows of norm ≈ 0.8) and final norm (|h| = 8) bound every logit by ≈ 6.4
     // while the 511 other logits spread with σ ≈ 0.8, so no adapter can push the loss below ≈ 0.6–0.9 nats (it
     // levels off at 0.886 after 150 steps). The bar is therefore an 85% drop, i.e. most of the way to that floor.
-    assert!(last < 0.15 * first, "LoRA loss {first:.4} → {last:.4} (want a > 85% drop): {losses:?}");
+    assert!(
+        last < 0.15 * first,
+        "LoRA loss {first:.4} → {last:.4} (want a > 85% drop): {losses:?}"
+    );
     let after = sorted_base(&lm);
     assert_eq!(before.len(), after.len());
     for ((name, a), (_, b)) in before.iter().zip(&after) {
-        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "base tensor {name} changed");
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "base tensor {name} changed"
+        );
     }
 }
 
@@ -84,7 +129,14 @@ fn sorted_base(lm: &model::CausalLm) -> Vec<(String, Vec<f32>)> {
     let mut out: Vec<(String, Vec<f32>)> = lm
         .base_tensors()
         .into_iter()
-        .map(|(name, t)| (name, t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("tensor values")))
+        .map(|(name, t)| {
+            (
+                name,
+                t.flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .expect("tensor values"),
+            )
+        })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out

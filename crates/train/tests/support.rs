@@ -18,7 +18,13 @@ pub fn tiny_data() -> PathBuf {
 
 /// A run config for the tiny model: `lora` adds a `[lora]` table, `extra_optim` and `memory` are spliced into
 /// `[optim]` and `[memory]`. Output roots point into `dir`.
-pub fn write_config(dir: &Path, run: &str, lora: Option<&str>, extra_optim: &str, memory: &str) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    run: &str,
+    lora: Option<&str>,
+    extra_optim: &str,
+    memory: &str,
+) -> PathBuf {
     let lora = lora.map_or_else(String::new, |body| format!("[lora]\n{body}\n"));
     let text = format!(
         r#"[model]
@@ -68,13 +74,18 @@ results_dir = "{results}"
 
 /// Runs the library on `config` and returns the outcome.
 pub fn run_lib(config: &Path) -> Result<Outcome, train::TrainError> {
-    let opts = RunOptions { config: config.to_path_buf(), stop: Arc::new(AtomicBool::new(false)), ..RunOptions::default() };
+    let opts = RunOptions {
+        config: config.to_path_buf(),
+        stop: Arc::new(AtomicBool::new(false)),
+        ..RunOptions::default()
+    };
     train::run(&opts, &mut |_| {})
 }
 
 /// The per-step losses of a finished run, from its `train_summary.json`.
 pub fn step_losses(results: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(results.join("train_summary.json")).expect("train_summary.json");
+    let text =
+        std::fs::read_to_string(results.join("train_summary.json")).expect("train_summary.json");
     let summary: serde_json::Value = serde_json::from_str(&text).expect("summary JSON");
     summary["loss_history"]
         .as_array()
