@@ -82,10 +82,12 @@ impl EvalSpec {
         Ok(task::read_json(&path)?)
     }
 
-    /// Writes `dir/eval.json` (atomically), after checking that an existing one describes the same evaluation.
+    /// Writes `dir/eval.json` (atomically). When the directory already holds predictions, an existing
+    /// `eval.json` must describe the same evaluation, so predictions of two evaluations never mix; without
+    /// predictions (e.g. a first attempt that failed to load its model) it is simply replaced.
     pub fn save(&self, dir: &Path) -> Result<(), EvalError> {
         let path = Self::path_in(dir);
-        if path.is_file() {
+        if path.is_file() && holds_predictions(dir)? {
             let existing: EvalSpec = task::read_json(&path)?;
             if let Some(difference) = self.differs_from(&existing) {
                 return Err(EvalError::Usage(format!(
@@ -142,6 +144,24 @@ impl EvalSpec {
         }
         Ok(rows)
     }
+}
+
+/// Whether `dir` has a non-empty `predictions.jsonl` or shard file.
+fn holds_predictions(dir: &Path) -> Result<bool, EvalError> {
+    let io = |source| EvalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_predictions =
+            name == "predictions.jsonl" || crate::shard::Shard::from_file_name(&name).is_some();
+        if is_predictions && entry.metadata().map_err(io)?.len() > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Loads `plan`'s problems and resolves its split into test and train rows.
@@ -237,6 +257,13 @@ mod tests {
         spec().save(dir.path()).expect("same evaluation again");
         let mut other = spec();
         other.system = "lora".to_owned();
+        // No predictions yet: a failed first attempt may be replaced by another evaluation.
+        other
+            .save(dir.path())
+            .expect("replaces an eval.json without predictions");
+        spec().save(dir.path()).expect("and back");
+        std::fs::write(dir.path().join("predictions.shard-0-of-2.jsonl"), "{}\n")
+            .expect("a prediction");
         let error = other.save(dir.path()).expect_err("different evaluation");
         assert!(
             error
