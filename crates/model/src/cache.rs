@@ -30,10 +30,21 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `batch` rows and at most `capacity` tokens per row (prompt + new tokens).
-    pub fn new(config: &ModelConfig, batch: usize, capacity: usize, dtype: DType, device: &Device) -> crate::Result<Self> {
+    pub fn new(
+        config: &ModelConfig,
+        batch: usize,
+        capacity: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> crate::Result<Self> {
         let shape = (batch, config.num_key_value_heads, capacity, config.head_dim);
         let layers = (0..config.num_hidden_layers)
-            .map(|_| Ok(LayerKv { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)? }))
+            .map(|_| {
+                Ok(LayerKv {
+                    k: Tensor::zeros(shape, dtype, device)?,
+                    v: Tensor::zeros(shape, dtype, device)?,
+                })
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(KvCache {
             layers,

@@ -26,7 +26,10 @@ pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -38,8 +41,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let mut text =
-        serde_json::to_string_pretty(value).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+    let mut text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
 }
@@ -53,8 +58,15 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resu
     cpu.sort_by(|a, b| a.0.cmp(&b.0));
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let tmp = temp_path(path);
-    safetensors::serialize_to_file(cpu.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata), &tmp).map_err(|e| {
-        Error::Weights { path: tmp.clone(), name: "<all>".into(), reason: format!("cannot write: {e}") }
+    safetensors::serialize_to_file(
+        cpu.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(metadata),
+        &tmp,
+    )
+    .map_err(|e| Error::Weights {
+        path: tmp.clone(),
+        name: "<all>".into(),
+        reason: format!("cannot write: {e}"),
     })?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
@@ -95,7 +107,9 @@ impl CausalLm {
 
     /// Saves the attached adapters in PEFT's format. `base_model_name_or_path` is recorded in the config.
     pub fn save_adapter(&self, dir: &Path, base_model_name_or_path: &str) -> Result<()> {
-        let lora = self.lora_config().ok_or_else(|| Error::State("the model has no LoRA adapters to save".into()))?;
+        let lora = self
+            .lora_config()
+            .ok_or_else(|| Error::State("the model has no LoRA adapters to save".into()))?;
         create_dir(dir)?;
         let mut tensors = HashMap::new();
         for (prefix, ad) in self.named_adapters() {
@@ -103,7 +117,10 @@ impl CausalLm {
             tensors.insert(format!("{prefix}.lora_B.weight"), ad.b.as_tensor().clone());
         }
         write_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
-        write_json(&dir.join(ADAPTER_CONFIG), &peft_config_json(lora, base_model_name_or_path))
+        write_json(
+            &dir.join(ADAPTER_CONFIG),
+            &peft_config_json(lora, base_model_name_or_path),
+        )
     }
 
     /// Loads a PEFT LoRA adapter directory onto this model, replacing any attached adapters. The adapters become
@@ -112,16 +129,22 @@ impl CausalLm {
         let config_path = dir.join(ADAPTER_CONFIG);
         let lora = read_peft_config(&config_path)?;
         let weights_path = dir.join(ADAPTER_WEIGHTS);
-        let tensors = candle_core::safetensors::load(&weights_path, self.device()).map_err(|e| Error::Weights {
-            path: weights_path.clone(),
-            name: "<all>".into(),
-            reason: format!("cannot load: {e}"),
-        })?;
+        let tensors =
+            candle_core::safetensors::load(&weights_path, self.device()).map_err(|e| {
+                Error::Weights {
+                    path: weights_path.clone(),
+                    name: "<all>".into(),
+                    reason: format!("cannot load: {e}"),
+                }
+            })?;
         let mut used = 0usize;
         let device = self.device().clone();
+        let adapter_dtype = crate::lora::adapter_dtype(self.dtype());
         for (i, layer) in self.layers_mut().iter_mut().enumerate() {
             for (group, module) in LINEAR_MODULES.iter().map(|m| (module_group(m), *m)) {
-                let lin = layer.linear_mut(module).ok_or_else(|| Error::UnknownLoraTarget(module.to_string()))?;
+                let lin = layer
+                    .linear_mut(module)
+                    .ok_or_else(|| Error::UnknownLoraTarget(module.to_string()))?;
                 if !lora.targets(module) {
                     lin.adapter = None;
                     continue;
@@ -142,21 +165,34 @@ impl CausalLm {
                             reason: format!("shape {:?}, expected {shape:?}", t.dims()),
                         });
                     }
-                    Ok(Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(&device)?)?)
+                    Ok(Var::from_tensor(
+                        &t.to_dtype(adapter_dtype)?.to_device(&device)?,
+                    )?)
                 };
                 let a = get("lora_A.weight", [lora.r, in_dim])?;
                 let b = get("lora_B.weight", [out_dim, lora.r])?;
                 used += 2;
-                lin.adapter = Some(Adapter { a, b, scale: lora.scale(), dropout: lora.dropout });
+                lin.adapter = Some(Adapter {
+                    a,
+                    b,
+                    scale: lora.scale(),
+                    dropout: lora.dropout,
+                });
             }
         }
         if used != tensors.len() {
-            let mut extra: Vec<&String> = tensors.keys().filter(|k| !k.contains(".layers.")).collect();
+            let mut extra: Vec<&String> =
+                tensors.keys().filter(|k| !k.contains(".layers.")).collect();
             extra.sort();
             return Err(Error::Weights {
                 path: weights_path,
-                name: extra.first().map_or_else(|| "<some>".to_string(), |s| s.to_string()),
-                reason: format!("{} tensors in the file, {used} match the model's layers and targets", tensors.len()),
+                name: extra
+                    .first()
+                    .map_or_else(|| "<some>".to_string(), |s| s.to_string()),
+                reason: format!(
+                    "{} tensors in the file, {used} match the model's layers and targets",
+                    tensors.len()
+                ),
             });
         }
         self.set_lora_config(Some(lora));
@@ -169,8 +205,12 @@ impl CausalLm {
         let dtype = self.dtype();
         for layer in self.layers_mut().iter_mut() {
             for module in LINEAR_MODULES {
-                let Some(lin) = layer.linear_mut(module) else { continue };
-                let Some(ad) = lin.adapter.take() else { continue };
+                let Some(lin) = layer.linear_mut(module) else {
+                    continue;
+                };
+                let Some(ad) = lin.adapter.take() else {
+                    continue;
+                };
                 let merged = (lin.weight.tensor() + ad.delta(dtype)?)?;
                 lin.weight = match &lin.weight {
                     Param::Frozen(_) => Param::Frozen(merged),
@@ -184,11 +224,19 @@ impl CausalLm {
 }
 
 fn module_group(module: &str) -> &'static str {
-    if module.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&module) { "mlp" } else { "self_attn" }
+    if module.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(&module) {
+        "mlp"
+    } else {
+        "self_attn"
+    }
 }
 
 fn number(x: f64) -> Value {
-    if x.fract() == 0.0 && x.abs() < 1e15 { json!(x as i64) } else { json!(x) }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
 }
 
 /// PEFT's `adapter_config.json` for a LoRA adapter.
@@ -220,49 +268,90 @@ pub fn peft_config_json(lora: &LoraConfig, base_model_name_or_path: &str) -> Val
 /// Reads a PEFT LoRA `adapter_config.json`, rejecting variants this model does not implement.
 pub fn read_peft_config(path: &Path) -> Result<LoraConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
-    let err = |field: &str, reason: String| Error::Config { path: path.to_path_buf(), field: field.into(), reason };
+    let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let err = |field: &str, reason: String| Error::Config {
+        path: path.to_path_buf(),
+        field: field.into(),
+        reason,
+    };
     match v.get("peft_type").and_then(Value::as_str) {
         Some("LORA") => {}
-        other => return Err(err("peft_type", format!("expected \"LORA\", found {other:?}"))),
+        other => {
+            return Err(err(
+                "peft_type",
+                format!("expected \"LORA\", found {other:?}"),
+            ));
+        }
     }
     for flag in ["use_dora", "use_rslora", "fan_in_fan_out"] {
         if v.get(flag).and_then(Value::as_bool) == Some(true) {
             return Err(err(flag, "not supported".into()));
         }
     }
-    if let Some(bias) = v.get("bias").and_then(Value::as_str) {
-        if bias != "none" {
-            return Err(err("bias", format!("only \"none\" is supported, found \"{bias}\"")));
-        }
+    if let Some(bias) = v.get("bias").and_then(Value::as_str)
+        && bias != "none"
+    {
+        return Err(err(
+            "bias",
+            format!("only \"none\" is supported, found \"{bias}\""),
+        ));
     }
     for field in ["rank_pattern", "alpha_pattern"] {
-        if v.get(field).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
-            return Err(err(field, "per-module ranks/alphas are not supported".into()));
+        if v.get(field)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(err(
+                field,
+                "per-module ranks/alphas are not supported".into(),
+            ));
         }
     }
     if v.get("layers_to_transform").is_some_and(|x| !x.is_null()) {
-        return Err(err("layers_to_transform", "adapters on a subset of layers are not supported".into()));
+        return Err(err(
+            "layers_to_transform",
+            "adapters on a subset of layers are not supported".into(),
+        ));
     }
     let r = v
         .get("r")
         .and_then(Value::as_u64)
         .and_then(|r| usize::try_from(r).ok())
         .ok_or_else(|| err("r", "missing or not an integer".into()))?;
-    let alpha = v.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| err("lora_alpha", "missing".into()))?;
+    let alpha = v
+        .get("lora_alpha")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| err("lora_alpha", "missing".into()))?;
     let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let target_modules: Vec<String> = match v.get("target_modules") {
         Some(Value::Array(items)) => items
             .iter()
-            .map(|x| x.as_str().map(String::from).ok_or_else(|| err("target_modules", format!("{x} is not a string"))))
+            .map(|x| {
+                x.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| err("target_modules", format!("{x} is not a string")))
+            })
             .collect::<Result<_>>()?,
         Some(Value::String(s)) => {
             // A regex in PEFT; accept the plain alternatives of module names, which is what tools emit.
-            LINEAR_MODULES.iter().filter(|m| s.contains(*m)).map(|m| m.to_string()).collect()
+            LINEAR_MODULES
+                .iter()
+                .filter(|m| s.contains(*m))
+                .map(|m| m.to_string())
+                .collect()
         }
         _ => return Err(err("target_modules", "missing".into())),
     };
-    let lora = LoraConfig { r, alpha, dropout, target_modules };
-    lora.validate().map_err(|e| err("target_modules", e.to_string()))?;
+    let lora = LoraConfig {
+        r,
+        alpha,
+        dropout,
+        target_modules,
+    };
+    lora.validate()
+        .map_err(|e| err("target_modules", e.to_string()))?;
     Ok(lora)
 }

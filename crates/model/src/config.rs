@@ -98,7 +98,11 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn err(&self, field: &str, reason: impl Into<String>) -> Error {
-        Error::Config { path: self.path.to_path_buf(), field: field.to_string(), reason: reason.into() }
+        Error::Config {
+            path: self.path.to_path_buf(),
+            field: field.to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn present(&self, field: &str) -> Option<&Value> {
@@ -112,12 +116,15 @@ impl Fields<'_> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, found {v}"))),
+                .ok_or_else(|| {
+                    self.err(field, format!("expected a non-negative integer, found {v}"))
+                }),
         }
     }
 
     fn usize(&self, field: &str) -> Result<usize> {
-        self.usize_opt(field)?.ok_or_else(|| self.err(field, "missing"))
+        self.usize_opt(field)?
+            .ok_or_else(|| self.err(field, "missing"))
     }
 
     fn positive(&self, field: &str) -> Result<usize> {
@@ -131,14 +138,18 @@ impl Fields<'_> {
     fn f64_or(&self, field: &str, default: f64) -> Result<f64> {
         match self.present(field) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(field, format!("expected a number, found {v}"))),
         }
     }
 
     fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
         match self.present(field) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(field, format!("expected true or false, found {v}"))),
         }
     }
 
@@ -175,8 +186,10 @@ impl ModelConfig {
 
     /// Parses `config.json` text; `path` only names the source in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        let value: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let Value::Object(map) = value else {
             return Err(Error::Config {
                 path: path.to_path_buf(),
@@ -193,13 +206,21 @@ impl ModelConfig {
         let model_type = match f.present("model_type").and_then(Value::as_str) {
             Some("llama") => ModelType::Llama,
             Some("mistral") => ModelType::Mistral,
-            Some(other) => return Err(f.err("model_type", format!("`{other}` is not supported (llama, mistral)"))),
+            Some(other) => {
+                return Err(f.err(
+                    "model_type",
+                    format!("`{other}` is not supported (llama, mistral)"),
+                ));
+            }
             None => return Err(f.err("model_type", "missing (expected \"llama\" or \"mistral\")")),
         };
-        if let Some(act) = f.present("hidden_act") {
-            if act.as_str() != Some("silu") {
-                return Err(f.err("hidden_act", format!("only \"silu\" is supported, found {act}")));
-            }
+        if let Some(act) = f.present("hidden_act")
+            && act.as_str() != Some("silu")
+        {
+            return Err(f.err(
+                "hidden_act",
+                format!("only \"silu\" is supported, found {act}"),
+            ));
         }
         for field in ["attention_bias", "mlp_bias"] {
             if f.bool_or(field, false)? {
@@ -208,7 +229,9 @@ impl ModelConfig {
         }
         let hidden_size = f.positive("hidden_size")?;
         let num_attention_heads = f.positive("num_attention_heads")?;
-        let num_key_value_heads = f.usize_opt("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .usize_opt("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err(
                 "num_key_value_heads",
@@ -226,7 +249,10 @@ impl ModelConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.err("head_dim", format!("{head_dim} must be positive and even (RoPE rotates pairs)")));
+            return Err(f.err(
+                "head_dim",
+                format!("{head_dim} must be positive and even (RoPE rotates pairs)"),
+            ));
         }
         let rope_scaling = parse_rope_scaling(&f)?;
         let sliding_window = match model_type {
@@ -312,13 +338,23 @@ impl ModelConfig {
         set("hidden_act", "silu".into());
         set("rms_norm_eps", self.rms_norm_eps.into());
         set("rope_theta", self.rope_theta.into());
-        set("max_position_embeddings", self.max_position_embeddings.into());
+        set(
+            "max_position_embeddings",
+            self.max_position_embeddings.into(),
+        );
         set("tie_word_embeddings", self.tie_word_embeddings.into());
         set("attention_bias", false.into());
         let scaling = match &self.rope_scaling {
             None => Value::Null,
-            Some(RopeScaling::Linear { factor }) => serde_json::json!({"type": "linear", "rope_type": "linear", "factor": factor}),
-            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            Some(RopeScaling::Linear { factor }) => {
+                serde_json::json!({"type": "linear", "rope_type": "linear", "factor": factor})
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
                 serde_json::json!({
                     "rope_type": "llama3",
                     "factor": factor,
@@ -330,9 +366,15 @@ impl ModelConfig {
         };
         set("rope_scaling", scaling);
         if self.model_type == ModelType::Mistral {
-            set("sliding_window", self.sliding_window.map_or(Value::Null, Value::from));
+            set(
+                "sliding_window",
+                self.sliding_window.map_or(Value::Null, Value::from),
+            );
         }
-        set("bos_token_id", self.bos_token_id.map_or(Value::Null, Value::from));
+        set(
+            "bos_token_id",
+            self.bos_token_id.map_or(Value::Null, Value::from),
+        );
         set(
             "eos_token_id",
             match self.eos_token_id.as_slice() {
@@ -341,7 +383,10 @@ impl ModelConfig {
                 many => many.iter().copied().map(Value::from).collect(),
             },
         );
-        set("pad_token_id", self.pad_token_id.map_or(Value::Null, Value::from));
+        set(
+            "pad_token_id",
+            self.pad_token_id.map_or(Value::Null, Value::from),
+        );
         map
     }
 
@@ -352,7 +397,9 @@ impl ModelConfig {
 }
 
 fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>> {
-    let Some(value) = f.present("rope_scaling") else { return Ok(None) };
+    let Some(value) = f.present("rope_scaling") else {
+        return Ok(None);
+    };
     let field = "rope_scaling";
     let Value::Object(obj) = value else {
         return Err(f.err(field, format!("expected an object, found {value}")));
@@ -381,7 +428,12 @@ fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>> {
                 .get("original_max_position_embeddings")
                 .and_then(Value::as_u64)
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| f.err("rope_scaling.original_max_position_embeddings", "missing or not an integer"))?;
+                .ok_or_else(|| {
+                    f.err(
+                        "rope_scaling.original_max_position_embeddings",
+                        "missing or not an integer",
+                    )
+                })?;
             Ok(Some(RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
@@ -389,7 +441,10 @@ fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>> {
                 original_max_position_embeddings: original,
             }))
         }
-        other => Err(f.err(field, format!("rope type `{other}` is not supported (linear, llama3)"))),
+        other => Err(f.err(
+            field,
+            format!("rope type `{other}` is not supported (linear, llama3)"),
+        )),
     }
 }
 
@@ -436,7 +491,13 @@ mod tests {
         )
         .expect("valid config");
         assert_eq!(c.kv_groups(), 4);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. })));
+        assert!(matches!(
+            c.rope_scaling,
+            Some(RopeScaling::Llama3 {
+                original_max_position_embeddings: 8192,
+                ..
+            })
+        ));
         assert_eq!(c.eos_token_id.len(), 3);
     }
 
@@ -449,13 +510,26 @@ mod tests {
         let err = parse(r#"{"model_type":"gpt2"}"#).expect_err("gpt2 unsupported");
         assert!(err.to_string().contains("model_type"), "{err}");
         let err = parse(r#"{"model_type":"llama","hidden_size":8}"#).expect_err("missing fields");
-        assert!(err.to_string().contains("config.json: field `vocab_size`: missing"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("config.json: field `num_attention_heads`: missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn to_json_round_trips() {
         let c = ModelConfig::tiny();
         let back = ModelConfig::from_map(c.to_json(), Path::new("x")).expect("round trip");
-        assert_eq!(ModelConfig { raw: Map::new(), ..back }, ModelConfig { raw: Map::new(), ..c });
+        assert_eq!(
+            ModelConfig {
+                raw: Map::new(),
+                ..back
+            },
+            ModelConfig {
+                raw: Map::new(),
+                ..c
+            }
+        );
     }
 }

@@ -7,7 +7,10 @@ use crate::error::{Error, Result};
 /// Parses a device string. `auto` picks CUDA device 0 when this build has the `cuda` feature and a GPU is
 /// present, else the CPU; `cuda`/`cuda:N` fail clearly without the feature.
 pub fn select(spec: &str) -> Result<Device> {
-    let err = |reason: String| Error::Device { spec: spec.to_string(), reason };
+    let err = |reason: String| Error::Device {
+        spec: spec.to_string(),
+        reason,
+    };
     match spec.trim() {
         "cpu" => Ok(Device::Cpu),
         "auto" => {
@@ -20,7 +23,9 @@ pub fn select(spec: &str) -> Result<Device> {
         "cuda" => cuda(0).map_err(err),
         other => match other.strip_prefix("cuda:") {
             Some(n) => {
-                let ordinal = n.parse::<usize>().map_err(|_| err(format!("`{n}` is not a device number")))?;
+                let ordinal = n
+                    .parse::<usize>()
+                    .map_err(|_| err(format!("`{n}` is not a device number")))?;
                 cuda(ordinal).map_err(err)
             }
             None => Err(err("expected auto, cpu, cuda or cuda:N".into())),

@@ -45,7 +45,9 @@ pub enum Error {
         reason: String,
     },
     /// A LoRA target module name matches no linear layer of the model.
-    #[error("LoRA target module `{0}` matches no linear layer (known: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)")]
+    #[error(
+        "LoRA target module `{0}` matches no linear layer (known: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"
+    )]
     UnknownLoraTarget(String),
     /// The requested operation does not fit the model's current state (e.g. saving an adapter without one).
     #[error("invalid model state: {0}")]
@@ -69,6 +71,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

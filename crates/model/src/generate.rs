@@ -10,6 +10,9 @@ use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::llama::CausalLm;
 
+/// A caller's stop check on a row's generated ids so far.
+pub type StopCheck<'a> = &'a dyn Fn(&[u32]) -> bool;
+
 /// Settings of [`generate`].
 pub struct GenerateOptions<'a> {
     /// At most this many new tokens per row.
@@ -20,7 +23,7 @@ pub struct GenerateOptions<'a> {
     pub pad_id: u32,
     /// Caller's stop check on a row's generated ids so far (e.g. a stop string via the tokenizer's decode); when
     /// it returns true the row stops, keeping the token just generated.
-    pub stop: Option<&'a dyn Fn(&[u32]) -> bool>,
+    pub stop: Option<StopCheck<'a>>,
 }
 
 /// One row's output.
@@ -33,18 +36,32 @@ pub struct Generation {
 }
 
 /// Greedy decoding of a batch of prompts (token ids, BOS included by the caller).
-pub fn generate(model: &CausalLm, prompts: &[Vec<u32>], opts: &GenerateOptions<'_>) -> Result<Vec<Generation>> {
+pub fn generate(
+    model: &CausalLm,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions<'_>,
+) -> Result<Vec<Generation>> {
     let b = prompts.len();
-    let mut out: Vec<Generation> = vec![Generation { ids: Vec::new(), stopped: false }; b];
+    let mut out: Vec<Generation> = vec![
+        Generation {
+            ids: Vec::new(),
+            stopped: false
+        };
+        b
+    ];
     if b == 0 || opts.max_new_tokens == 0 {
         return Ok(out);
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
-        return Err(Error::Input(format!("prompt {i} is empty (it needs at least a BOS token)")));
+        return Err(Error::Input(format!(
+            "prompt {i} is empty (it needs at least a BOS token)"
+        )));
     }
     let vocab = model.config().vocab_size as u32;
     if let Some(bad) = prompts.iter().flatten().find(|&&id| id >= vocab) {
-        return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {vocab}")));
+        return Err(Error::Input(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
     }
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let device = model.device();
@@ -55,7 +72,13 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<u32>], opts: &GenerateOptions<'
         ids.extend(std::iter::repeat_n(opts.pad_id, pad).chain(p.iter().copied()));
         mask.extend(std::iter::repeat_n(0u32, pad).chain(std::iter::repeat_n(1u32, p.len())));
     }
-    let mut cache = KvCache::new(model.config(), b, longest + opts.max_new_tokens, model.dtype(), device)?;
+    let mut cache = KvCache::new(
+        model.config(),
+        b,
+        longest + opts.max_new_tokens,
+        model.dtype(),
+        device,
+    )?;
     let ids = Tensor::from_vec(ids, (b, longest), device)?;
     let mask = Tensor::from_vec(mask, (b, longest), device)?;
     let mut logits = model.forward_cached(&ids, &mask, &mut cache, true)?;
@@ -80,7 +103,11 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<u32>], opts: &GenerateOptions<'
         if step + 1 == opts.max_new_tokens || done.iter().all(|d| *d) {
             break;
         }
-        let feed: Vec<u32> = next.iter().zip(&done).map(|(&t, &d)| if d { opts.pad_id } else { t }).collect();
+        let feed: Vec<u32> = next
+            .iter()
+            .zip(&done)
+            .map(|(&t, &d)| if d { opts.pad_id } else { t })
+            .collect();
         let feed_mask: Vec<u32> = done.iter().map(|&d| u32::from(!d)).collect();
         let feed = Tensor::from_vec(feed, (b, 1), device)?;
         let feed_mask = Tensor::from_vec(feed_mask, (b, 1), device)?;

@@ -16,8 +16,10 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use crate::cache::{KvCache, LayerKv};
 use crate::config::{ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
-use crate::lora::{Adapter, LINEAR_MODULES, Linear, LoraConfig, SeededRng, Trainable};
-use crate::ops::{Param, apply_rope, const_add, rms_norm, softmax_last};
+use crate::lora::{
+    Adapter, LINEAR_MODULES, Linear, LoraConfig, SeededRng, Trainable, adapter_dtype,
+};
+use crate::ops::{Param, add, apply_rope, const_add, matmul, mul, rms_norm, softmax_last};
 
 /// Self-attention projections of one block.
 #[derive(Debug, Clone)]
@@ -130,11 +132,14 @@ struct SafetensorsSource {
 
 impl WeightSource for SafetensorsSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.st.load(name, &self.device).map_err(|e| Error::Weights {
-            path: self.dir.clone(),
-            name: name.to_string(),
-            reason: format!("cannot load: {e}"),
-        })?;
+        let t = self
+            .st
+            .load(name, &self.device)
+            .map_err(|e| Error::Weights {
+                path: self.dir.clone(),
+                name: name.to_string(),
+                reason: format!("cannot load: {e}"),
+            })?;
         if t.dims() != shape {
             return Err(Error::Weights {
                 path: self.dir.clone(),
@@ -157,11 +162,19 @@ impl WeightSource for RandomSource {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = if name.ends_with("norm.weight") {
             // Gains near 1 (not exactly, so tests see them).
-            self.rng.uniform(n).into_iter().map(|u| 1.0 + 0.2 * (u - 0.5)).collect()
+            self.rng
+                .uniform(n)
+                .into_iter()
+                .map(|u| 1.0 + 0.2 * (u - 0.5))
+                .collect()
         } else {
             // HF's initializer_range 0.02, as a uniform of the same standard deviation.
             let half_width = 0.02 * 3f32.sqrt();
-            self.rng.uniform(n).into_iter().map(|u| (2.0 * u - 1.0) * half_width).collect()
+            self.rng
+                .uniform(n)
+                .into_iter()
+                .map(|u| (2.0 * u - 1.0) * half_width)
+                .collect()
         };
         Ok(Tensor::from_vec(data, shape, &self.device)?.to_dtype(self.dtype)?)
     }
@@ -182,13 +195,18 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         });
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| Error::Json { path: index.clone(), source })?;
-    let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
         path: index.clone(),
-        field: "weight_map".into(),
-        reason: "missing or not an object".into(),
+        source,
     })?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Config {
+            path: index.clone(),
+            field: "weight_map".into(),
+            reason: "missing or not an object".into(),
+        })?;
     let mut files: Vec<PathBuf> = Vec::new();
     for (name, file) in map {
         let file = file.as_str().ok_or_else(|| Error::Config {
@@ -208,11 +226,21 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
     let d = config.head_dim;
     let base = config.rope_theta as f32;
-    let inv: Vec<f32> = (0..d).step_by(2).map(|i| 1.0 / base.powf(i as f32 / d as f32)).collect();
+    let inv: Vec<f32> = (0..d)
+        .step_by(2)
+        .map(|i| 1.0 / base.powf(i as f32 / d as f32))
+        .collect();
     match &config.rope_scaling {
         None => inv,
-        Some(RopeScaling::Linear { factor }) => inv.into_iter().map(|f| f / *factor as f32).collect(),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+        Some(RopeScaling::Linear { factor }) => {
+            inv.into_iter().map(|f| f / *factor as f32).collect()
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
             let old = *original_max_position_embeddings as f64;
             let low_wavelen = old / low_freq_factor;
             let high_wavelen = old / high_freq_factor;
@@ -221,9 +249,10 @@ fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
                     let f = f as f64;
                     let wavelen = 2.0 * std::f64::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
                     let out = if medium {
-                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
                     } else {
                         scaled
@@ -238,14 +267,23 @@ fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
 /// Reads a `(b, t)` mask (u8/u32/i64/f32/..., nonzero = real token) to host rows.
 pub(crate) fn mask_rows(mask: &Tensor) -> Result<Vec<Vec<bool>>> {
     let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    Ok(rows.into_iter().map(|r| r.into_iter().map(|v| v != 0.0).collect()).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v != 0.0).collect())
+        .collect())
 }
 
 impl CausalLm {
     /// Loads an HF-layout directory (`config.json` + `model.safetensors` or sharded index). Weights are
     /// memory-mapped and converted to `dtype`; `trainable` decides which become [`Var`]s. `seed` initialises
     /// LoRA adapters and dropout.
-    pub fn load(dir: &Path, dtype: DType, device: &Device, trainable: &Trainable, seed: u64) -> Result<Self> {
+    pub fn load(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        trainable: &Trainable,
+        seed: u64,
+    ) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let files = weight_files(dir)?;
         // SAFETY: the weight files are memory-mapped read-only; we own the checkpoint directory and nothing
@@ -256,13 +294,28 @@ impl CausalLm {
             name: "<all>".into(),
             reason: format!("cannot map the safetensors files: {e}"),
         })?;
-        let source = SafetensorsSource { dir: dir.to_path_buf(), st, dtype, device: device.clone() };
+        let source = SafetensorsSource {
+            dir: dir.to_path_buf(),
+            st,
+            dtype,
+            device: device.clone(),
+        };
         Self::build(config, &source, dtype, device, trainable, seed)
     }
 
     /// A model with random weights (HF-like init, deterministic in `seed`), for tests and benchmarks.
-    pub fn random(config: ModelConfig, dtype: DType, device: &Device, trainable: &Trainable, seed: u64) -> Result<Self> {
-        let source = RandomSource { rng: SeededRng::new(seed ^ 0x5EED), dtype, device: device.clone() };
+    pub fn random(
+        config: ModelConfig,
+        dtype: DType,
+        device: &Device,
+        trainable: &Trainable,
+        seed: u64,
+    ) -> Result<Self> {
+        let source = RandomSource {
+            rng: SeededRng::new(seed ^ 0x5EED),
+            dtype,
+            device: device.clone(),
+        };
         Self::build(config, &source, dtype, device, trainable, seed)
     }
 
@@ -283,7 +336,11 @@ impl CausalLm {
             _ => None,
         };
         let param = |t: Tensor| -> Result<Param> {
-            Ok(if full { Param::Trainable(Var::from_tensor(&t)?) } else { Param::Frozen(t) })
+            Ok(if full {
+                Param::Trainable(Var::from_tensor(&t)?)
+            } else {
+                Param::Frozen(t)
+            })
         };
         let rng = SeededRng::new(seed);
         let c = &config;
@@ -292,7 +349,14 @@ impl CausalLm {
         let linear = |name: &str, module: &str, out_dim: usize, in_dim: usize| -> Result<Linear> {
             let weight = param(source.get(&format!("{name}.weight"), &[out_dim, in_dim])?)?;
             let adapter = match &lora {
-                Some(lc) if lc.targets(module) => Some(Adapter::init(in_dim, out_dim, lc, &rng, device)?),
+                Some(lc) if lc.targets(module) => Some(Adapter::init(
+                    in_dim,
+                    out_dim,
+                    lc,
+                    &rng,
+                    adapter_dtype(dtype),
+                    device,
+                )?),
                 _ => None,
             };
             Ok(Linear { weight, adapter })
@@ -311,11 +375,31 @@ impl CausalLm {
             let post_attention_layernorm =
                 param(source.get(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?;
             let mlp = Mlp {
-                gate_proj: linear(&format!("{p}.mlp.gate_proj"), "gate_proj", c.intermediate_size, h)?,
-                up_proj: linear(&format!("{p}.mlp.up_proj"), "up_proj", c.intermediate_size, h)?,
-                down_proj: linear(&format!("{p}.mlp.down_proj"), "down_proj", h, c.intermediate_size)?,
+                gate_proj: linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    "gate_proj",
+                    c.intermediate_size,
+                    h,
+                )?,
+                up_proj: linear(
+                    &format!("{p}.mlp.up_proj"),
+                    "up_proj",
+                    c.intermediate_size,
+                    h,
+                )?,
+                down_proj: linear(
+                    &format!("{p}.mlp.down_proj"),
+                    "down_proj",
+                    h,
+                    c.intermediate_size,
+                )?,
             };
-            layers.push(Block { input_layernorm, self_attn, post_attention_layernorm, mlp });
+            layers.push(Block {
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                mlp,
+            });
         }
         let norm = param(source.get("model.norm.weight", &[h])?)?;
         let lm_head = if c.tie_word_embeddings {
@@ -372,11 +456,17 @@ impl CausalLm {
         let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), &layer.input_layernorm));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                &layer.input_layernorm,
+            ));
             for (group, module, lin) in layer.linears() {
                 out.push((format!("{p}.{group}.{module}.weight"), &lin.weight));
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), &layer.post_attention_layernorm));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                &layer.post_attention_layernorm,
+            ));
         }
         out.push(("model.norm.weight".to_string(), &self.norm));
         if let Some(head) = &self.lora_head_param() {
@@ -395,7 +485,10 @@ impl CausalLm {
         for (i, layer) in self.layers.iter().enumerate() {
             for (group, module, lin) in layer.linears() {
                 if let Some(ad) = &lin.adapter {
-                    out.push((format!("base_model.model.model.layers.{i}.{group}.{module}"), ad));
+                    out.push((
+                        format!("base_model.model.model.layers.{i}.{group}.{module}"),
+                        ad,
+                    ));
                 }
             }
         }
@@ -496,12 +589,25 @@ impl CausalLm {
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
-        Ok(self.embed_tokens.tensor().index_select(&ids, 0)?.reshape((b, t, self.config.hidden_size))?)
+        Ok(self.embed_tokens.tensor().index_select(&ids, 0)?.reshape((
+            b,
+            t,
+            self.config.hidden_size,
+        ))?)
     }
 
     /// Block `layer` over hidden states `(b, t, hidden)` (the unit of activation recompute).
-    pub fn block_forward(&self, layer: usize, hidden: &Tensor, ctx: &ForwardContext, train: bool) -> Result<Tensor> {
-        let block = self.layers.get(layer).ok_or_else(|| Error::Input(format!("no layer {layer}")))?;
+    pub fn block_forward(
+        &self,
+        layer: usize,
+        hidden: &Tensor,
+        ctx: &ForwardContext,
+        train: bool,
+    ) -> Result<Tensor> {
+        let block = self
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::Input(format!("no layer {layer}")))?;
         Ok(self.block_inner(block, hidden, ctx, None, train)?)
     }
 
@@ -522,9 +628,22 @@ impl CausalLm {
 
         let h = rms_norm(x, &block.input_layernorm, eps)?;
         let a = &block.self_attn;
-        let q = a.q_proj.forward(&h, train, rng)?.reshape((b, t, nh, d))?.transpose(1, 2)?;
-        let k = a.k_proj.forward(&h, train, rng)?.reshape((b, t, kvh, d))?.transpose(1, 2)?;
-        let v = a.v_proj.forward(&h, train, rng)?.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
+        let q = a
+            .q_proj
+            .forward(&h, train, rng)?
+            .reshape((b, t, nh, d))?
+            .transpose(1, 2)?;
+        let k = a
+            .k_proj
+            .forward(&h, train, rng)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?;
+        let v = a
+            .v_proj
+            .forward(&h, train, rng)?
+            .reshape((b, t, kvh, d))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = apply_rope(&q, &ctx.cos, &ctx.sin)?;
         let k = apply_rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
@@ -539,17 +658,21 @@ impl CausalLm {
         let s = k.dim(2)?;
         // GQA without copying keys: the `groups` query heads of one KV head become extra query rows.
         let qg = q.reshape((b, kvh, groups * t, d))?;
-        let scores = qg.matmul(&k.t()?)?.reshape((b, nh, t, s))?;
-        let scores = (scores.to_dtype(DType::F32)? * (1.0 / (d as f64).sqrt()))?;
+        let scores = matmul(&qg, &k.t()?)?.reshape((b, nh, t, s))?;
+        let scores =
+            (scores.to_dtype(crate::ops::upcast_dtype(self.dtype))? * (1.0 / (d as f64).sqrt()))?;
         let probs = softmax_last(&const_add(&scores, &ctx.mask)?)?.to_dtype(self.dtype)?;
-        let attn = probs.reshape((b, kvh, groups * t, s))?.matmul(&v)?.reshape((b, nh, t, d))?;
+        let attn = matmul(&probs.reshape((b, kvh, groups * t, s))?, &v)?.reshape((b, nh, t, d))?;
         let attn = attn.transpose(1, 2)?.reshape((b, t, nh * d))?;
-        let x = (x + a.o_proj.forward(&attn, train, rng)?)?;
+        let x = add(x, &a.o_proj.forward(&attn, train, rng)?)?;
 
         let h = rms_norm(&x, &block.post_attention_layernorm, eps)?;
         let m = &block.mlp;
-        let gated = (m.gate_proj.forward(&h, train, rng)?.silu()? * m.up_proj.forward(&h, train, rng)?)?;
-        x + m.down_proj.forward(&gated, train, rng)?
+        let gated = mul(
+            &m.gate_proj.forward(&h, train, rng)?.silu()?,
+            &m.up_proj.forward(&h, train, rng)?,
+        )?;
+        add(&x, &m.down_proj.forward(&gated, train, rng)?)
     }
 
     /// The final RMSNorm over the last block's output.
@@ -557,22 +680,38 @@ impl CausalLm {
         Ok(rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?)
     }
 
-    /// `hidden (..., hidden_size)` → f32 logits `(..., vocab)` (tied to the embeddings when configured).
+    /// `hidden (..., hidden_size)` → f32 logits (f64 for an f64 model) `(..., vocab)` (tied to the embeddings when configured).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(head.matmul_t(hidden)?.to_dtype(DType::F32)?)
+        let logits = head.matmul_t(hidden)?;
+        // f32 logits for every model dtype but f64 (kept for finite-difference tests).
+        Ok(if logits.dtype() == DType::F64 {
+            logits
+        } else {
+            logits.to_dtype(DType::F32)?
+        })
     }
 
     /// Training / scoring forward: f32 logits `(b, t, vocab)` for every position. `attention_mask (b, t)`:
     /// nonzero = real token. `train` turns LoRA dropout on.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let hidden = self.forward_hidden(input_ids, attention_mask, train)?;
         self.lm_head(&hidden)
     }
 
     /// Like [`CausalLm::forward`] but stops before `lm_head`: the normed final hidden states `(b, t, hidden)`,
     /// for a chunked loss.
-    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         check_ids_mask(input_ids, attention_mask)?;
         let ctx = self.prepare(attention_mask)?;
         let mut h = self.embed(input_ids)?;
@@ -595,7 +734,10 @@ impl CausalLm {
         check_ids_mask(input_ids, attention_mask)?;
         let (b, t) = input_ids.dims2()?;
         if b != cache.batch() {
-            return Err(Error::Input(format!("batch {b} but the cache holds {} rows", cache.batch())));
+            return Err(Error::Input(format!(
+                "batch {b} but the cache holds {} rows",
+                cache.batch()
+            )));
         }
         if cache.layers.len() != self.layers.len() {
             return Err(Error::Input("the cache was built for another model".into()));
@@ -639,7 +781,10 @@ impl CausalLm {
 
     /// All base tensors by HF name (tied `lm_head` omitted), for saving.
     pub fn base_tensors(&self) -> HashMap<String, Tensor> {
-        self.named_params().into_iter().map(|(n, p)| (n, p.tensor().clone())).collect()
+        self.named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.tensor().clone()))
+            .collect()
     }
 }
 
@@ -665,9 +810,12 @@ fn positions_from_valid(valid: &[Vec<bool>], start: &[usize]) -> Vec<Vec<usize>>
 }
 
 fn check_ids_mask(input_ids: &Tensor, attention_mask: &Tensor) -> Result<()> {
-    let (b, t) = input_ids
-        .dims2()
-        .map_err(|_| Error::Input(format!("input_ids must be (batch, time), got {:?}", input_ids.dims())))?;
+    let (b, t) = input_ids.dims2().map_err(|_| {
+        Error::Input(format!(
+            "input_ids must be (batch, time), got {:?}",
+            input_ids.dims()
+        ))
+    })?;
     if attention_mask.dims() != [b, t] {
         return Err(Error::Input(format!(
             "attention_mask shape {:?} != input_ids shape {:?}",

@@ -12,7 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::ops::Param;
 
 /// The linear layers of a block that may carry adapters, by their HF module names.
-pub const LINEAR_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const LINEAR_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// LoRA hyper-parameters (PEFT names and meanings; `scale = alpha / r`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,7 +44,9 @@ impl Default for LoraConfig {
             r: 16,
             alpha: 16.0,
             dropout: 0.05,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -53,7 +63,10 @@ impl LoraConfig {
             return Err(crate::Error::State("LoRA rank r must be positive".into()));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(crate::Error::State(format!("LoRA dropout {} must be in [0, 1)", self.dropout)));
+            return Err(crate::Error::State(format!(
+                "LoRA dropout {} must be in [0, 1)",
+                self.dropout
+            )));
         }
         if self.target_modules.is_empty() {
             return Err(crate::Error::State("LoRA target_modules is empty".into()));
@@ -93,7 +106,9 @@ pub struct SeededRng {
 impl SeededRng {
     /// A generator starting from `seed`.
     pub fn new(seed: u64) -> Self {
-        SeededRng { state: Mutex::new(seed) }
+        SeededRng {
+            state: Mutex::new(seed),
+        }
     }
 
     fn next_u64(state: &mut u64) -> u64 {
@@ -107,22 +122,43 @@ impl SeededRng {
     /// The whole generator state. (Added for `train`: it checkpoints the dropout stream for a bit-exact resume
     /// and rewinds it to replay the same dropout masks when a block's activations are recomputed.)
     pub fn state(&self) -> u64 {
-        *self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Restores a state returned by [`SeededRng::state`] (added for `train`, see there).
     pub fn set_state(&self, state: u64) {
-        *self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
     }
 
     /// `n` uniform samples in `[0, 1)`.
     pub fn uniform(&self, n: usize) -> Vec<f32> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        (0..n).map(|_| (Self::next_u64(&mut state) >> 40) as f32 / (1u64 << 24) as f32).collect()
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (0..n)
+            .map(|_| (Self::next_u64(&mut state) >> 40) as f32 / (1u64 << 24) as f32)
+            .collect()
     }
 }
 
-/// A LoRA adapter: `A (r, in)`, `B (out, r)`, always f32 trainable variables.
+/// The dtype of adapters on a model of `model_dtype`: f32 (so AdamW keeps full-precision updates), or f64 for an
+/// f64 model (finite-difference tests).
+pub fn adapter_dtype(model_dtype: DType) -> DType {
+    if model_dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// A LoRA adapter: `A (r, in)`, `B (out, r)`, trainable variables in [`adapter_dtype`].
 #[derive(Debug, Clone)]
 pub struct Adapter {
     /// `lora_A.weight`, `(r, in)`.
@@ -137,12 +173,30 @@ pub struct Adapter {
 
 impl Adapter {
     /// A fresh PEFT-initialised adapter: `A ~ U(-1/√in, 1/√in)`, `B = 0`.
-    pub fn init(in_dim: usize, out_dim: usize, config: &LoraConfig, rng: &SeededRng, device: &candle_core::Device) -> crate::Result<Self> {
+    /// `dtype` is [`adapter_dtype`] of the model's dtype.
+    pub fn init(
+        in_dim: usize,
+        out_dim: usize,
+        config: &LoraConfig,
+        rng: &SeededRng,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> crate::Result<Self> {
         let bound = 1.0 / (in_dim as f32).sqrt();
-        let a: Vec<f32> = rng.uniform(config.r * in_dim).into_iter().map(|u| (2.0 * u - 1.0) * bound).collect();
-        let a = Var::from_tensor(&Tensor::from_vec(a, (config.r, in_dim), device)?)?;
-        let b = Var::zeros((out_dim, config.r), DType::F32, device)?;
-        Ok(Adapter { a, b, scale: config.scale(), dropout: config.dropout })
+        let a: Vec<f32> = rng
+            .uniform(config.r * in_dim)
+            .into_iter()
+            .map(|u| (2.0 * u - 1.0) * bound)
+            .collect();
+        let a =
+            Var::from_tensor(&Tensor::from_vec(a, (config.r, in_dim), device)?.to_dtype(dtype)?)?;
+        let b = Var::zeros((out_dim, config.r), dtype, device)?;
+        Ok(Adapter {
+            a,
+            b,
+            scale: config.scale(),
+            dropout: config.dropout,
+        })
     }
 
     /// `scale · B·A`, the weight update, in `dtype`.
@@ -161,16 +215,36 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// `x·Wᵀ (+ scale·dropout(x)·Aᵀ·Bᵀ)`. The adapter runs in f32 and its result is cast to `x`'s dtype.
+    /// `x·Wᵀ (+ scale·dropout(x)·Aᵀ·Bᵀ)`. The adapter runs in its own dtype (f32) and its result is cast to
+    /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor, train: bool, rng: &SeededRng) -> candle_core::Result<Tensor> {
         let y = self.weight.matmul_t(x)?;
-        let Some(ad) = &self.adapter else { return Ok(y) };
-        let xf = x.to_dtype(DType::F32)?;
-        let xd = if train && ad.dropout > 0.0 { dropout(&xf, ad.dropout, rng)? } else { xf };
-        let low = xd.broadcast_matmul(&ad.a.as_tensor().t()?)?;
+        let Some(ad) = &self.adapter else {
+            return Ok(y);
+        };
+        let xf = x.to_dtype(ad.a.dtype())?;
+        let xd = if train && ad.dropout > 0.0 {
+            dropout(&xf, ad.dropout, rng)?
+        } else {
+            xf
+        };
+        let low = if xd.track_op() {
+            xd.broadcast_matmul(&ad.a.as_tensor().t()?)?
+        } else {
+            // Untracked input (e.g. a frozen embedding's output): x·Aᵀ = (A·xᵀ)ᵀ with x the constant, so no
+            // activation-sized gradient of x is stored.
+            let dims = xd.dims().to_vec();
+            let k = dims[dims.len() - 1];
+            let x2 = xd.reshape((xd.elem_count() / k, k))?;
+            let mut out = dims[..dims.len() - 1].to_vec();
+            out.push(ad.a.dim(0)?);
+            crate::ops::const_matmul_t(ad.a.as_tensor(), &x2)?
+                .t()?
+                .reshape(out)?
+        };
         let up = (low.broadcast_matmul(&ad.b.as_tensor().t()?)? * ad.scale)?;
         let dtype = y.dtype();
-        y + up.to_dtype(dtype)?
+        crate::ops::add(&y, &up.to_dtype(dtype)?)
     }
 
     /// Output and input widths of the base weight.
@@ -182,7 +256,11 @@ impl Linear {
 /// Inverted dropout with a mask drawn from `rng` (kept values scaled by `1/(1-p)`); the mask is a constant.
 pub fn dropout(x: &Tensor, p: f64, rng: &SeededRng) -> candle_core::Result<Tensor> {
     let keep = 1.0 - p as f32;
-    let mask: Vec<f32> = rng.uniform(x.elem_count()).into_iter().map(|u| if u < keep { 1.0 / keep } else { 0.0 }).collect();
+    let mask: Vec<f32> = rng
+        .uniform(x.elem_count())
+        .into_iter()
+        .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+        .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     crate::ops::const_mul(x, &mask)
 }

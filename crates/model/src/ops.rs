@@ -15,6 +15,8 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Shape, Storage, Tenso
 enum ConstKind {
     /// `x (m, k) · Cᵀ` with `C (n, k)`.
     MatmulT,
+    /// `x (..., m, k) · C (..., k, n)` with the same batch dimensions.
+    Matmul,
     /// `x * C`, `C` broadcast to `x`'s shape.
     Mul,
     /// `x + C`, `C` broadcast to `x`'s shape.
@@ -29,7 +31,13 @@ struct ConstOperand {
 }
 
 impl ConstOperand {
-    fn fwd<S: BackendStorage>(&self, x: &S, x_layout: &Layout, c: &S, c_layout: &Layout) -> candle_core::Result<(S, Shape)> {
+    fn fwd<S: BackendStorage>(
+        &self,
+        x: &S,
+        x_layout: &Layout,
+        c: &S,
+        c_layout: &Layout,
+    ) -> candle_core::Result<(S, Shape)> {
         match self.kind {
             ConstKind::MatmulT => {
                 let (m, k) = x_layout.shape().dims2()?;
@@ -40,6 +48,26 @@ impl ConstOperand {
                 let c_t = c_layout.transpose(0, 1)?;
                 let out = x.matmul(c, (1, m, n, k), x_layout, &c_t)?;
                 Ok((out, Shape::from((m, n))))
+            }
+            ConstKind::Matmul => {
+                let x_dims = x_layout.dims();
+                let c_dims = c_layout.dims();
+                let rank = x_dims.len();
+                if rank < 2 || c_dims.len() != rank || x_dims[..rank - 2] != c_dims[..rank - 2] {
+                    candle_core::bail!(
+                        "const matmul: shapes {x_dims:?} and {c_dims:?} do not match"
+                    );
+                }
+                let (m, k) = (x_dims[rank - 2], x_dims[rank - 1]);
+                let (k2, n) = (c_dims[rank - 2], c_dims[rank - 1]);
+                if k != k2 {
+                    candle_core::bail!("const matmul: inner dimensions {k} != {k2}");
+                }
+                let batch: usize = x_dims[..rank - 2].iter().product();
+                let out = x.matmul(c, (batch, m, n, k), x_layout, c_layout)?;
+                let mut out_dims = x_dims[..rank - 2].to_vec();
+                out_dims.extend([m, n]);
+                Ok((out, Shape::from(out_dims)))
             }
             ConstKind::Mul | ConstKind::Add => {
                 let shape = x_layout.shape().clone();
@@ -59,12 +87,17 @@ impl CustomOp1 for ConstOperand {
     fn name(&self) -> &'static str {
         match self.kind {
             ConstKind::MatmulT => "const-matmul-t",
+            ConstKind::Matmul => "const-matmul",
             ConstKind::Mul => "const-mul",
             ConstKind::Add => "const-add",
         }
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c_storage, c_layout) = self.constant.storage_and_layout();
         match &*c_storage {
             Storage::Cpu(c) => self.fwd(storage, layout, c, c_layout),
@@ -85,10 +118,17 @@ impl CustomOp1 for ConstOperand {
         }
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let grad = match self.kind {
             // y = x·Cᵀ  ⇒  dx = dy·C
             ConstKind::MatmulT => grad_res.matmul(&self.constant)?,
+            // y = x·C  ⇒  dx = dy·Cᵀ
+            ConstKind::Matmul => grad_res.matmul(&self.constant.t()?)?,
             ConstKind::Mul => grad_res.broadcast_mul(&self.constant)?,
             ConstKind::Add => grad_res.clone(),
         };
@@ -99,32 +139,94 @@ impl CustomOp1 for ConstOperand {
 fn constant_like(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
     // The constant must not be tracked itself, or its own graph would be lost silently.
     let c = c.detach();
-    if c.dtype() == x.dtype() { Ok(c) } else { c.to_dtype(x.dtype()) }
+    if c.dtype() == x.dtype() {
+        Ok(c)
+    } else {
+        c.to_dtype(x.dtype())
+    }
 }
 
 /// `x · wᵀ` for a constant `w (n, k)` and `x (..., k)`: gradient to `x` only.
 pub fn const_matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let w = constant_like(x, w)?;
     let mut out_dims = x.dims().to_vec();
-    let k = out_dims.pop().ok_or_else(|| candle_core::Error::Msg("const matmul of a scalar".into()))?;
+    let k = out_dims
+        .pop()
+        .ok_or_else(|| candle_core::Error::Msg("const matmul of a scalar".into()))?;
     let n = w.dim(0)?;
     let m = x.elem_count() / k.max(1);
-    let x2 = if x.rank() == 2 { x.clone() } else { x.reshape((m, k))? };
-    let x2 = if x2.is_contiguous() { x2 } else { x2.contiguous()? };
+    let x2 = if x.rank() == 2 {
+        x.clone()
+    } else {
+        x.reshape((m, k))?
+    };
+    let x2 = if x2.is_contiguous() {
+        x2
+    } else {
+        x2.contiguous()?
+    };
     out_dims.push(n);
-    x2.apply_op1(ConstOperand { kind: ConstKind::MatmulT, constant: w })?.reshape(out_dims)
+    x2.apply_op1(ConstOperand {
+        kind: ConstKind::MatmulT,
+        constant: w,
+    })?
+    .reshape(out_dims)
 }
 
 /// `x * c` for a constant `c` broadcastable to `x`: gradient to `x` only.
 pub fn const_mul(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
     let c = constant_like(x, c)?;
-    x.apply_op1(ConstOperand { kind: ConstKind::Mul, constant: c })
+    x.apply_op1(ConstOperand {
+        kind: ConstKind::Mul,
+        constant: c,
+    })
 }
 
 /// `x + c` for a constant `c` broadcastable to `x`: gradient to `x` only.
 pub fn const_add(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
     let c = constant_like(x, c)?;
-    x.apply_op1(ConstOperand { kind: ConstKind::Add, constant: c })
+    x.apply_op1(ConstOperand {
+        kind: ConstKind::Add,
+        constant: c,
+    })
+}
+
+/// `x · c` (batched, same batch dimensions) for a constant `c`: gradient to `x` only.
+pub fn const_matmul(x: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    let c = constant_like(x, c)?;
+    x.apply_op1(ConstOperand {
+        kind: ConstKind::Matmul,
+        constant: c,
+    })
+}
+
+/// `a + b` (broadcast) that stores no gradient for an operand outside the autograd graph: when only one side is
+/// tracked, the other enters as a constant.
+pub fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    match (a.track_op(), b.track_op()) {
+        (true, false) => const_add(a, b),
+        (false, true) => const_add(b, a),
+        _ => a.broadcast_add(b),
+    }
+}
+
+/// `a * b` (broadcast), constant-aware like [`add`].
+pub fn mul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    match (a.track_op(), b.track_op()) {
+        (true, false) => const_mul(a, b),
+        (false, true) => const_mul(b, a),
+        _ => a.broadcast_mul(b),
+    }
+}
+
+/// `a · b` (batched matmul, same batch dimensions), constant-aware like [`add`].
+pub fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    match (a.track_op(), b.track_op()) {
+        (true, false) => const_matmul(a, b),
+        // a·b = (bᵀ·aᵀ)ᵀ with aᵀ the constant.
+        (false, true) => const_matmul(&b.t()?, &a.t()?)?.t(),
+        _ => a.matmul(b),
+    }
 }
 
 /// A model parameter: a frozen tensor (no gradient, enters the graph through [`ConstOperand`]) or a trainable
@@ -175,11 +277,22 @@ impl Param {
     }
 }
 
+/// The dtype norms and softmax are computed in: f32, or f64 for an f64 model.
+pub fn upcast_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 /// RMSNorm as HF computes it: in f32, `gain * (x / sqrt(mean(x²) + eps)).to(x.dtype)`. Only differentiable ops.
 pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
-    let xf = x.to_dtype(DType::F32)?;
-    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xf = x.to_dtype(upcast_dtype(dtype))?;
+    let inv = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
     let normed = xf.broadcast_mul(&inv)?.to_dtype(dtype)?;
     gain.mul(&normed)
 }
@@ -215,7 +328,11 @@ mod tests {
         let x = Var::from_tensor(&Tensor::arange(0f32, 12., &dev)?.reshape((2, 2, 3))?)?;
         let w = (Tensor::arange(0f32, 12., &dev)?.reshape((4, 3))? * 0.1)?;
         let y = const_matmul_t(x.as_tensor(), &w)?;
-        let expected = x.as_tensor().reshape((4, 3))?.matmul(&w.t()?)?.reshape((2, 2, 4))?;
+        let expected = x
+            .as_tensor()
+            .reshape((4, 3))?
+            .matmul(&w.t()?)?
+            .reshape((2, 2, 4))?;
         assert_eq!(y.to_vec3::<f32>()?, expected.to_vec3::<f32>()?);
         let c = Tensor::new(&[1f32, 2., 3.], &dev)?;
         let z = const_add(&const_mul(&y.narrow(2, 0, 3)?, &c)?, &c)?;
@@ -223,7 +340,10 @@ mod tests {
         assert!(grads.get(&w).is_none(), "frozen weight got a gradient");
         assert!(grads.get(&c).is_none(), "constant got a gradient");
         // d/dx sum((x·wᵀ)[..., :3] * c + c) = sum_j c_j w_j
-        let gx = grads.get(x.as_tensor()).expect("input gradient").to_vec3::<f32>()?;
+        let gx = grads
+            .get(x.as_tensor())
+            .expect("input gradient")
+            .to_vec3::<f32>()?;
         let w_rows = w.narrow(0, 0, 3)?.to_vec2::<f32>()?;
         for (col, g) in gx[0][0].iter().enumerate() {
             let want: f32 = (0..3).map(|j| (j as f32 + 1.) * w_rows[j][col]).sum();
