@@ -169,7 +169,7 @@ pub enum EvalError {
         /// What was being done, naming the model directory.
         context: String,
         /// The model crate's error.
-        source: model::Error,
+        source: Box<model::Error>,
     },
     /// The tokenizer could not be loaded or failed on a text.
     #[error("{context}: {source}")]
@@ -177,7 +177,7 @@ pub enum EvalError {
         /// What was being done, naming the tokenizer directory or the row.
         context: String,
         /// The tokenizer's error.
-        source: model::text::TextError,
+        source: Box<model::text::TextError>,
     },
     /// A model source (HF repo id, directory or `.gguf`) could not be resolved to a model directory.
     #[error("model source `{source_text}`: {source}")]
@@ -185,6 +185,6 @@ pub enum EvalError {
         /// The source as given.
         source_text: String,
         /// Why it could not be resolved.
-        source: model::source::SourceError,
+        source: Box<model::source::SourceError>,
     },
 }

@@ -74,7 +74,7 @@ pub fn locate_weights(spec: &GenerationSpec, plan: &TrainPlan) -> Result<Weights
             .resolve(&options)
             .map_err(|source| EvalError::ModelSource {
                 source_text: spec.base_model.clone(),
-                source,
+                source: Box::new(source),
             })
     };
     match &spec.weights {
@@ -106,7 +106,12 @@ fn dtype_of(name: &str) -> Result<DType, EvalError> {
 impl Generator {
     /// Loads the weights and tokenizer of `spec` onto its device.
     pub fn load(spec: &GenerationSpec, plan: &TrainPlan) -> Result<Self, EvalError> {
-        let model_error = |context: String| move |source| EvalError::Model { context, source };
+        let model_error = |context: String| {
+            move |source| EvalError::Model {
+                context,
+                source: Box::new(source),
+            }
+        };
         let device = model::device::select(&spec.device)
             .map_err(model_error("selecting the device".to_owned()))?;
         let dtype = dtype_of(&spec.dtype)?;
@@ -127,7 +132,7 @@ impl Generator {
         };
         let codec = TextCodec::from_dir(&tokenizer_dir).map_err(|source| EvalError::Text {
             context: format!("loading the tokenizer of {}", tokenizer_dir.display()),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             use_chat: spec.chat_template && codec.chat_template().is_some(),
@@ -143,7 +148,7 @@ impl Generator {
     pub fn prompt(&self, plan: &TrainPlan, row: &Row) -> Result<(String, Vec<u32>), EvalError> {
         let text_error = |source| EvalError::Text {
             context: format!("encoding the prompt of row {}", row.row_id),
-            source,
+            source: Box::new(source),
         };
         let prompt = plan.prompt.template.render(&row.question, row.variant);
         if self.use_chat {
@@ -152,10 +157,10 @@ impl Generator {
                 .render_chat(&prompt)
                 .map_err(|source| EvalError::Text {
                     context: format!("rendering the chat template for row {}", row.row_id),
-                    source: model::text::TextError::Chat {
+                    source: Box::new(model::text::TextError::Chat {
                         path: PathBuf::from("tokenizer_config.json"),
                         source,
-                    },
+                    }),
                 })?
                 .unwrap_or_else(|| prompt.clone());
             let ids = self
@@ -197,7 +202,7 @@ impl Generator {
                         .decode(&generation.ids)
                         .map_err(|source| EvalError::Text {
                             context: format!("decoding the output of row {}", row.row_id),
-                            source,
+                            source: Box::new(source),
                         })?;
                 let raw_output = cut_at_stop(&decoded, &self.stop).to_owned();
                 batch_tokens += generation.ids.len() as u64;
@@ -244,7 +249,7 @@ impl Generator {
         };
         model::generate(&self.lm, prompts, &options).map_err(|source| EvalError::Model {
             context: format!("generating a batch of {} rows", prompts.len()),
-            source,
+            source: Box::new(source),
         })
     }
 
