@@ -49,8 +49,7 @@ pub enum SourceError {
 pub struct ResolveOptions {
     /// Hub cache root; `None` = `$HF_HUB_CACHE`, then `$HF_HOME/hub`, then `~/.cache/huggingface/hub`.
     pub hf_cache_dir: Option<PathBuf>,
-    /// Where GGUF conversions are cached; `None` = `.cache/converted` under the current directory (the
-    /// repository root for our binaries).
+    /// Where GGUF conversions are cached; `None` = [`default_converted_dir`].
     pub converted_dir: Option<PathBuf>,
     /// A `tokenizer.json` to use for a GGUF instead of the one built from its metadata.
     pub gguf_tokenizer: Option<PathBuf>,
@@ -111,7 +110,7 @@ impl ModelSource {
                 let converted = opts
                     .converted_dir
                     .clone()
-                    .unwrap_or_else(|| PathBuf::from(".cache").join("converted"));
+                    .unwrap_or_else(default_converted_dir);
                 Ok(gguf::convert_cached(
                     file,
                     &converted,
@@ -120,6 +119,18 @@ impl ModelSource {
             }
         }
     }
+}
+
+/// `<workspace>/.cache/converted`, where `<workspace>` is the nearest ancestor of the current directory holding a
+/// `Cargo.lock` or `.git` (so `cargo test` in a member crate, whose working directory is the crate, still uses the
+/// repository's git-ignored cache); the current directory when there is none.
+pub fn default_converted_dir() -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let root = cwd
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file() || dir.join(".git").exists())
+        .unwrap_or(&cwd);
+    root.join(".cache").join("converted")
 }
 
 impl fmt::Display for ModelSource {
@@ -205,6 +216,20 @@ mod tests {
         for s in ["hf:org/name", "hf:org/name@abc", "model.gguf"] {
             assert_eq!(ModelSource::parse(s).to_string(), s);
         }
+    }
+
+    #[test]
+    fn conversions_default_to_the_workspace_cache() {
+        // `cargo test` runs in crates/model: the default must climb to the workspace root (which has Cargo.lock).
+        let dir = default_converted_dir();
+        assert!(dir.ends_with(".cache/converted"), "{}", dir.display());
+        let root = dir.parent().and_then(Path::parent).expect("root");
+        assert!(
+            root.join("Cargo.lock").is_file() || root.join(".git").exists(),
+            "{}",
+            root.display()
+        );
+        assert!(!root.ends_with("crates/model"), "{}", root.display());
     }
 
     #[test]
