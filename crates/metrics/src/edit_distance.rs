@@ -23,32 +23,65 @@ pub enum MetricError {
 
 /// Edit-distance score of `candidate` against `reference` (both already extracted), in `[0, 1]`.
 pub fn edit_distance(candidate: &str, reference: &str) -> Result<f64, MetricError> {
-    let a: Vec<&str> = pystr::splitlines(pystr::strip(candidate))
-        .into_iter()
-        .map(pystr::strip)
-        .collect();
-    let b: Vec<&str> = pystr::splitlines(pystr::strip(reference))
-        .into_iter()
-        .map(pystr::strip)
-        .collect();
-    if b.is_empty() {
-        return Err(MetricError::EmptyReference);
+    EditReference::new(reference).score(candidate)
+}
+
+/// A reference split into stripped lines and indexed (difflib's `b2j`) once, for scoring many candidates.
+#[derive(Debug, Clone)]
+pub struct EditReference<'r> {
+    lines: Vec<&'r str>,
+    b2j: HashMap<&'r str, Vec<usize>>,
+}
+
+impl<'r> EditReference<'r> {
+    /// `[l.strip() for l in reference.strip().splitlines()]`, indexed.
+    pub fn new(reference: &'r str) -> Self {
+        let lines: Vec<&str> = stripped_lines(reference);
+        let (b2j, _) = build_b2j(&lines, None::<fn(&&str) -> bool>);
+        EditReference { lines, b2j }
     }
-    let common = differ_common_lines(&a, &b);
-    let changed = a.len() + b.len() - 2 * common;
-    let score = 1.0 - changed as f64 / b.len() as f64;
-    Ok(if score < 0.0 { 0.0 } else { score })
+
+    /// The edit-distance score of `candidate` against this reference.
+    pub fn score(&self, candidate: &str) -> Result<f64, MetricError> {
+        let b = &self.lines;
+        if b.is_empty() {
+            return Err(MetricError::EmptyReference);
+        }
+        let a = stripped_lines(candidate);
+        let no_junk = HashSet::default();
+        let matcher = SequenceMatcher {
+            a: &a,
+            b,
+            b2j: &self.b2j,
+            bjunk: &no_junk,
+        };
+        let common = common_lines(&matcher);
+        let changed = a.len() + b.len() - 2 * common;
+        let score = 1.0 - changed as f64 / b.len() as f64;
+        Ok(if score < 0.0 { 0.0 } else { score })
+    }
+}
+
+fn stripped_lines(text: &str) -> Vec<&str> {
+    pystr::splitlines(pystr::strip(text))
+        .into_iter()
+        .map(pystr::strip)
+        .collect()
 }
 
 /// Number of lines `difflib.Differ().compare(a, b)` marks `'  '` (common to both sides).
 pub fn differ_common_lines(a: &[&str], b: &[&str]) -> usize {
     let (b2j, bjunk) = build_b2j(b, None::<fn(&&str) -> bool>);
-    let matcher = SequenceMatcher {
+    common_lines(&SequenceMatcher {
         a,
         b,
         b2j: &b2j,
         bjunk: &bjunk,
-    };
+    })
+}
+
+fn common_lines(matcher: &SequenceMatcher<'_, &str>) -> usize {
+    let (a, b) = (matcher.a, matcher.b);
     let mut common = 0;
     for op in matcher.opcodes() {
         match op.tag {

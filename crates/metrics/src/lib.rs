@@ -177,8 +177,8 @@ pub fn score_all_and_raw(
 ) -> Result<(Scores, Scores), MetricError> {
     let prepared = PreparedReference::new(reference);
     let extracted = extract::extract(candidate);
-    if extracted == candidate {
-        let scores = prepared.score(candidate, None)?;
+    if extracted == candidate || only_trailing_blank_removed(candidate, &extracted) {
+        let scores = prepared.score(&extracted, None)?;
         return Ok((scores, scores));
     }
     Ok((
@@ -187,9 +187,21 @@ pub fn score_all_and_raw(
     ))
 }
 
+/// Whether extraction only dropped trailing spaces and line breaks from a text without block scalars. Then every
+/// score is unchanged: BLEU, edit distance and exact match strip both sides anyway, and the YAML loads the same
+/// (only a final `|`/`>` block scalar sees its trailing line breaks; a dropped tab could have changed the load, so
+/// tabs do not qualify).
+fn only_trailing_blank_removed(candidate: &str, extracted: &str) -> bool {
+    candidate.strip_prefix(extracted).is_some_and(|suffix| {
+        suffix.bytes().all(|b| matches!(b, b' ' | b'\n' | b'\r')) && !extracted.contains(['|', '>'])
+    })
+}
+
 /// A reference loaded once (raw and `# *`-labelled) for scoring several candidates against it.
 pub struct PreparedReference<'r> {
     text: &'r str,
+    bleu: bleu::BleuReference<'r>,
+    edit: edit_distance::EditReference<'r>,
     documents: kv_match::Loaded,
     /// `None`: labelling raised (a labelled line without `:`), so KV wildcard scores 0. `Some(None)`: labelling
     /// changed nothing, reuse `documents`.
@@ -207,6 +219,8 @@ impl<'r> PreparedReference<'r> {
         };
         PreparedReference {
             text,
+            bleu: bleu::BleuReference::new(text),
+            edit: edit_distance::EditReference::new(text),
             documents,
             labelled,
         }
@@ -237,8 +251,8 @@ impl<'r> PreparedReference<'r> {
             }
         };
         Ok(Scores {
-            bleu: bleu::bleu(candidate, self.text),
-            edit_distance: edit_distance::edit_distance(candidate, self.text)?,
+            bleu: self.bleu.score(candidate),
+            edit_distance: self.edit.score(candidate)?,
             exact_match: exact_match::exact_match(candidate, self.text),
             kv_exact_match: kv_match::kv_match_loaded(candidate_docs, &self.documents),
             kv_wildcard_match,
