@@ -149,8 +149,9 @@ fn fig3_section(md: &mut String, collected: &Collected) {
         let precision = distinct(run.epochs.iter().map(|e| e.precision.as_str()));
         let memory_definition = distinct(run.epochs.iter().map(|e| e.memory_definition.as_str()));
         let lever_text = last.map(|e| levers(&e.levers)).unwrap_or_default();
-        let shortened: u64 = run.epochs.iter().map(|e| e.rows_shortened).sum();
-        let skipped: u64 = run.epochs.iter().map(|e| e.rows_skipped).sum();
+        // Shortening and skipping are decided once per run, so every epoch repeats the same counts.
+        let shortened = last.map_or(0, |e| e.rows_shortened);
+        let skipped = last.map_or(0, |e| e.rows_skipped);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {mean} | {min} | {max} | {memory} | {rate} | {params} | {} | {} | {shortened} / \
