@@ -14,6 +14,11 @@
 # Options (each overrides the mode's choice, which is printed before anything runs):
 #   --epochs N          training epochs            --max-seq-len N     training row length in tokens
 #   --max-new-tokens N  generation budget per row  --limit N           evaluate only the first N test rows
+#   --max-steps N       stop each training run after N optimiser steps
+#   --variants LIST     question variants to train and evaluate on, comma-separated (original, simplified,
+#                       translated); the split is recomputed for them under the output root's splits/
+#   --output-root DIR   write checkpoints, records, configs and splits under DIR/{out,results,configs,splits}
+#                       instead of out/, results/, out/configs/, out/splits/ (--quick: out/quick)
 #   --no-fetch          skip scripts/fetch-assets.sh (the assets must already be in place)
 #   --dry-run           print the settings and the plan, run nothing (derived configs are still written)
 #   --fresh             delete this run's checkpoints and results first (otherwise training resumes from an
@@ -48,6 +53,9 @@ epochs=""
 max_seq_len=""
 max_new_tokens=""
 limit=""
+max_steps=""
+output_root=""
+variants=""
 while (($#)); do
     case $1 in
         -h | --help) usage; exit 0 ;;
@@ -61,6 +69,15 @@ while (($#)); do
         --max-seq-len) need_value "$@"; need_count "$1" "$2"; max_seq_len=$2; shift ;;
         --max-new-tokens) need_value "$@"; need_count "$1" "$2"; max_new_tokens=$2; shift ;;
         --limit) need_value "$@"; need_count "$1" "$2"; limit=$2; shift ;;
+        --max-steps) need_value "$@"; need_count "$1" "$2"; max_steps=$2; shift ;;
+        --variants)
+            need_value "$@"
+            [[ $2 =~ ^(original|simplified|translated)(,(original|simplified|translated))*$ ]] ||
+                die "--variants takes a comma-separated list of original, simplified, translated; got '$2'"
+            variants=$2
+            shift
+            ;;
+        --output-root) need_value "$@"; output_root=$2; shift ;;
         *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
@@ -92,21 +109,24 @@ fi
 # the configs say; re-time `scripts/reproduce.sh` after changing these. The paper mode keeps its configs' values
 # (5 epochs, max_seq_len 2048, max_new_tokens 1024, every test row).
 if [[ $mode == sample && $quick == 0 ]]; then
-    : "${epochs:=1}" "${max_seq_len:=384}" "${max_new_tokens:=256}" "${limit:=24}"
+    : "${variants:=original}" "${epochs:=1}" "${max_seq_len:=384}" "${max_new_tokens:=256}" "${limit:=8}"
 fi
 if ((quick)); then
-    : "${epochs:=1}" "${max_seq_len:=128}" "${max_new_tokens:=8}" "${limit:=2}"
-    quick_steps=2
+    : "${variants:=original}" "${epochs:=1}" "${max_seq_len:=128}" "${max_new_tokens:=8}" "${limit:=2}"
+    : "${max_steps:=2}"
+    : "${output_root:=out/quick}"
 fi
 
 out_root=out
 results_root=results
-if ((quick)); then
-    out_root=out/quick/out
-    results_root=out/quick/results
-fi
 config_dir=out/configs
-((quick)) && config_dir=out/quick/configs
+split_dir=out/splits
+if [[ -n $output_root ]]; then
+    out_root=$output_root/out
+    results_root=$output_root/results
+    config_dir=$output_root/configs
+    split_dir=$output_root/splits
+fi
 
 # ---------------------------------------------------------------------------------------------------------------
 # TOML helpers for the derived configs (our configs keep one `key = value` per line).
@@ -147,13 +167,16 @@ split_name=""
 split_path=""
 if [[ -n $data ]]; then
     split_name=cloudeval
-    split_path=$out_root/splits/$split_name.json
+    split_path=$split_dir/$split_name.json
 elif [[ $mode == sample ]]; then
     split_name=sample
     split_path=data/splits/sample.json
+    [[ -n $output_root ]] && split_path=$split_dir/$split_name.json
 fi
-if ((quick)) && [[ -n $split_name ]]; then
-    split_path=out/quick/splits/$split_name.json
+if [[ -n $split_name && -n $variants ]]; then
+    # A manifest records the hash of what was loaded, so a variant subset needs its own (same problems per side).
+    split_name=$split_name-${variants//,/-}
+    split_path=$split_dir/$split_name.json
 fi
 
 # derive STEM METHOD: writes the derived config for configs/STEM_METHOD.toml and prints its path.
@@ -171,6 +194,11 @@ derive() {
     fi
     if [[ -n $split_path && $mode == sample ]]; then
         set_key "$target" data split "$(toml_string "$split_path")"
+    fi
+    if [[ -n $variants ]]; then
+        local list
+        list=$(printf '"%s", ' ${variants//,/ })
+        set_key "$target" data variants "[${list%, }]"
     fi
     [[ -n $epochs ]] && set_key "$target" optim epochs "$epochs"
     [[ -n $max_seq_len ]] && set_key "$target" optim max_seq_len "$max_seq_len"
@@ -208,14 +236,13 @@ done
 
 if [[ -n $split_name ]]; then
     split_source=${data:-data/sample}
-    split_dir=$(dirname "$split_path")
     add_step "split $split_source → $split_path" \
         cargo run --release --quiet -p task --bin split -- --data "$split_source" --name "$split_name" \
-        --out-dir "$split_dir"
+        --out-dir "$(dirname "$split_path")" ${variants:+--variants "$variants"}
 fi
 
 train_flags=(--results-dir "$results_root" --out-dir "$out_root")
-((quick)) && train_flags+=(--max-steps "$quick_steps")
+[[ -n $max_steps ]] && train_flags+=(--max-steps "$max_steps")
 baseline_flags=(--results-dir "$results_root")
 [[ -n $limit ]] && baseline_flags+=(--limit "$limit")
 eval_flags=("${baseline_flags[@]}")
@@ -277,9 +304,10 @@ add_step "draw Fig. 3, Fig. 4, loss curves and summary.md" \
 
 describe() {
     local config=$1
-    printf '  %-34s epochs=%s max_seq_len=%s max_new_tokens=%s data=%s\n' "$config" \
-        "$(get_key "$config" optim epochs)" "$(get_key "$config" optim max_seq_len)" \
-        "$(get_key "$config" eval max_new_tokens)" "$(get_key "$config" data path)"
+    printf '  %-34s epochs=%s max_seq_len=%s max_new_tokens=%s\n  %-34s data=%s variants=%s split=%s\n' \
+        "$config" "$(get_key "$config" optim epochs)" "$(get_key "$config" optim max_seq_len)" \
+        "$(get_key "$config" eval max_new_tokens)" "" "$(get_key "$config" data path)" \
+        "$(get_key "$config" data variants)" "$(get_key "$config" data split)"
 }
 
 printf 'reproduce: mode=%s%s, %d CPU cores, started %s\n' "$mode" "$( ((quick)) && printf ' (quick)')" \
@@ -290,7 +318,7 @@ for config in "${derived_configs[@]}"; do
 done
 printf '  evaluation: %s rows of the test split, max_new_tokens=%s\n' "${limit:-all}" \
     "${max_new_tokens:-per config}"
-((quick)) && printf '  training stops after %d optimiser steps per run\n' "$quick_steps"
+[[ -n $max_steps ]] && printf '  each training run stops after %d optimiser steps\n' "$max_steps"
 printf '  checkpoints → %s/, records → %s/\n' "$out_root" "$results_root"
 printf 'plan (%d steps):\n' "${#step_titles[@]}"
 for i in "${!step_titles[@]}"; do
