@@ -1,0 +1,170 @@
+//! Measures the model on this machine (release build recommended):
+//!
+//! ```sh
+//! # forward + backward + AdamW step, SmolLM2-135M shape, batch 2 × 256, f32
+//! cargo run --release -p model --example measure -- step lora [MODEL]
+//! cargo run --release -p model --example measure -- step full [MODEL]
+//! # batched greedy decoding, batch 8 × 64 new tokens
+//! cargo run --release -p model --example measure -- generate [MODEL]
+//! ```
+//!
+//! `MODEL` is anything `ModelSource` resolves (an HF directory, a `.gguf` file); without it the model has random
+//! weights of SmolLM2-135M's configuration. Run LoRA and full in separate processes: peak RSS is per process.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use model::source::{ModelSource, ResolveOptions};
+use model::{CausalLm, GenerateOptions, LoraConfig, ModelConfig, Trainable, generate};
+
+const SMOLLM2_135M: &str = r#"{"model_type":"llama","vocab_size":49152,"hidden_size":576,"intermediate_size":1536,
+"num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"rope_theta":100000,
+"max_position_embeddings":8192,"tie_word_embeddings":true,"bos_token_id":1,"eos_token_id":2}"#;
+
+fn load(source: Option<&str>, trainable: &Trainable) -> Result<CausalLm> {
+    Ok(match source {
+        Some(s) => {
+            let dir = ModelSource::parse(s)
+                .resolve(&ResolveOptions::default())
+                .context("resolving the model")?;
+            CausalLm::load(&dir, DType::F32, &Device::Cpu, trainable, 0)?
+        }
+        None => {
+            let config = ModelConfig::from_json_str(SMOLLM2_135M, Path::new("<smollm2-135m>"))?;
+            CausalLm::random(config, DType::F32, &Device::Cpu, trainable, 0)?
+        }
+    })
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB.
+fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("VmHWM")?;
+    let kb: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmHWM value")?
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn step(mode: &str, source: Option<&str>) -> Result<()> {
+    let trainable = match mode {
+        "lora" => Trainable::Lora(LoraConfig::default()),
+        "full" => Trainable::Full,
+        other => bail!("step mode `{other}`: expected lora or full"),
+    };
+    let model = load(source, &trainable)?;
+    let (b, t) = (2usize, 256usize);
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..(b * t) as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+    let mask = Tensor::ones((b, t), DType::U32, &Device::Cpu)?;
+    let vars: Vec<_> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 1e-5,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let (trainable_params, total) = model.param_counts();
+    println!(
+        "{mode}: {trainable_params} trainable of {total} params; batch {b} x {t}; rss after load {:.0} MiB",
+        peak_rss_mib()?
+    );
+    let steps: usize = std::env::var("MEASURE_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+        .max(2);
+    let mut times = Vec::new();
+    for s in 0..steps {
+        let start = Instant::now();
+        let logits = model.forward(&ids, &mask, true)?;
+        let v = logits.dim(2)?;
+        let lp = candle_nn::ops::log_softmax(
+            &logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?,
+            1,
+        )?;
+        let target = ids.narrow(1, 1, t - 1)?.reshape((b * (t - 1), 1))?;
+        let loss = lp.gather(&target, 1)?.mean_all()?.neg()?;
+        let forward_secs = start.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let grad_bytes: usize = grads
+            .get_ids()
+            .filter_map(|id| grads.get_id(*id))
+            .map(|g| g.elem_count() * g.dtype().size_in_bytes())
+            .sum();
+        opt.step(&grads)?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "step {s}: {secs:.2} s (forward {forward_secs:.2} s), loss {:.4}, {:.0} tokens/s, grad store {:.1} MiB, peak rss {:.0} MiB",
+            loss.to_scalar::<f32>()?,
+            (b * t) as f64 / secs,
+            grad_bytes as f64 / 1048576.0,
+            peak_rss_mib()?
+        );
+        if s > 0 {
+            times.push(secs);
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    println!(
+        "{mode}: mean of steps 1..{steps}: {mean:.2} s/step = {:.0} tokens/s; peak rss {:.0} MiB",
+        (b * t) as f64 / mean,
+        peak_rss_mib()?
+    );
+    Ok(())
+}
+
+fn gen_bench(source: Option<&str>) -> Result<()> {
+    let model = load(source, &Trainable::Frozen)?;
+    let vocab = model.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = (0..8u32)
+        .map(|r| {
+            (0..(20 + 3 * r))
+                .map(|i| (i * 31 + r * 101 + 7) % vocab)
+                .collect()
+        })
+        .collect();
+    let new = 64;
+    let opts = GenerateOptions {
+        max_new_tokens: new,
+        eos_ids: vec![],
+        pad_id: 0,
+        stop: None,
+    };
+    for round in 0..2 {
+        let start = Instant::now();
+        let out = generate(&model, &prompts, &opts)?;
+        let secs = start.elapsed().as_secs_f64();
+        let tokens: usize = out.iter().map(|g| g.ids.len()).sum();
+        println!(
+            "generate round {round}: {tokens} tokens in {secs:.2} s = {:.0} tokens/s (batch 8, prompts 20..41, 64 new)",
+            tokens as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("step") => step(
+            args.get(1).map_or("lora", String::as_str),
+            args.get(2).map(String::as_str),
+        ),
+        Some("generate") => gen_bench(args.get(1).map(String::as_str)),
+        _ => bail!("usage: measure step lora|full [MODEL] | measure generate [MODEL]"),
+    }
+}
