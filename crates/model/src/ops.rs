@@ -311,10 +311,105 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result
     const_mul(x, cos)? + const_mul(&rotate_half(x)?, sin)?
 }
 
-/// Softmax over the last dimension, from differentiable primitives (candle's fused `softmax_last_dim` has no
-/// backward pass).
+/// Softmax over the last dimension with a backward pass that keeps only the output (candle's fused
+/// `softmax_last_dim` has no backward; its composed `softmax` keeps four attention-sized intermediates per call).
+struct SoftmaxLast;
+
+fn softmax_rows<T: num_float::Float>(src: &[T], width: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(src.len());
+    for row in src.chunks(width) {
+        let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+        let start = out.len();
+        let mut sum = T::zero();
+        for &v in row {
+            let e = (v - max).exp();
+            sum = sum + e;
+            out.push(e);
+        }
+        for e in &mut out[start..] {
+            *e = *e / sum;
+        }
+    }
+    out
+}
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "softmax-last-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let width = layout.dims().last().copied().unwrap_or(1).max(1);
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("softmax: input must be contiguous")
+        };
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows(&v[start..end], width)),
+            CpuStorage::F64(v) => CpuStorage::F64(softmax_rows(&v[start..end], width)),
+            _ => candle_core::bail!("softmax: only f32/f64 on the CPU"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // dx = y ⊙ (dy − Σ_j dy_j y_j)
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(res.mul(&grad_res.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward keeps only the
+/// output, else (other devices and dtypes) candle's composed `softmax`.
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::softmax(x, D::Minus1)
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(SoftmaxLast)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+/// The little float interface [`softmax_rows`] needs, for f32 and f64.
+mod num_float {
+    pub trait Float:
+        Copy
+        + std::ops::Sub<Output = Self>
+        + std::ops::Add<Output = Self>
+        + std::ops::Div<Output = Self>
+    {
+        fn neg_infinity() -> Self;
+        fn zero() -> Self;
+        fn max(self, other: Self) -> Self;
+        fn exp(self) -> Self;
+    }
+    macro_rules! float {
+        ($t:ty) => {
+            impl Float for $t {
+                fn neg_infinity() -> Self {
+                    <$t>::NEG_INFINITY
+                }
+                fn zero() -> Self {
+                    0.0
+                }
+                fn max(self, other: Self) -> Self {
+                    <$t>::max(self, other)
+                }
+                fn exp(self) -> Self {
+                    <$t>::exp(self)
+                }
+            }
+        };
+    }
+    float!(f32);
+    float!(f64);
 }
 
 #[cfg(test)]
@@ -349,6 +444,27 @@ mod tests {
             let want: f32 = (0..3).map(|j| (j as f32 + 1.) * w_rows[j][col]).sum();
             assert!((g - want).abs() < 1e-5, "{g} vs {want}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_softmax_forward_and_backward() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let data: Vec<f64> = (0..24).map(|i| ((i * 7) % 11) as f64 * 0.3 - 1.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(data, (2, 3, 4), &dev)?)?;
+        let w = Tensor::arange(0f64, 24., &dev)?.reshape((2, 3, 4))?;
+        let fused = softmax_last(x.as_tensor())?;
+        let composed = candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?;
+        let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-15, "forward diff {diff}");
+        let g1 = (fused * &w)?.sum_all()?.backward()?;
+        let g2 = (composed * &w)?.sum_all()?.backward()?;
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).expect("g1"),
+            g2.get(x.as_tensor()).expect("g2"),
+        );
+        let diff = (g1 - g2)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "backward diff {diff}");
         Ok(())
     }
 }
