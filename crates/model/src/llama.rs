@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::{
     Adapter, LINEAR_MODULES, Linear, LoraConfig, SeededRng, Trainable, adapter_dtype,
 };
-use crate::ops::{Param, add, apply_rope, const_add, matmul, mul, rms_norm, softmax_last};
+use crate::ops::{Param, add, apply_rope, matmul, mul, rms_norm, scaled_masked_softmax};
 
 /// Self-attention projections of one block.
 #[derive(Debug, Clone)]
@@ -659,9 +659,9 @@ impl CausalLm {
         // GQA without copying keys: the `groups` query heads of one KV head become extra query rows.
         let qg = q.reshape((b, kvh, groups * t, d))?;
         let scores = matmul(&qg, &k.t()?)?.reshape((b, nh, t, s))?;
-        let scores =
-            (scores.to_dtype(crate::ops::upcast_dtype(self.dtype))? * (1.0 / (d as f64).sqrt()))?;
-        let probs = softmax_last(&const_add(&scores, &ctx.mask)?)?.to_dtype(self.dtype)?;
+        let scores = scores.to_dtype(crate::ops::upcast_dtype(self.dtype))?;
+        let probs = scaled_masked_softmax(&scores, 1.0 / (d as f64).sqrt(), Some(&ctx.mask))?
+            .to_dtype(self.dtype)?;
         let attn = matmul(&probs.reshape((b, kvh, groups * t, s))?, &v)?.reshape((b, nh, t, d))?;
         let attn = attn.transpose(1, 2)?.reshape((b, t, nh * d))?;
         let x = add(x, &a.o_proj.forward(&attn, train, rng)?)?;

@@ -313,15 +313,32 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result
 
 /// Softmax over the last dimension with a backward pass that keeps only the output (candle's fused
 /// `softmax_last_dim` has no backward; its composed `softmax` keeps four attention-sized intermediates per call).
-struct SoftmaxLast;
+struct SoftmaxLast {
+    /// Multiplies the input before the mask is added.
+    scale: f64,
+    /// Additive constant broadcast to the input (e.g. the attention mask), same dtype as the input.
+    mask: Option<Tensor>,
+}
 
-fn softmax_rows<T: num_float::Float>(src: &[T], width: usize) -> Vec<T> {
+fn softmax_rows<T: num_float::Float>(
+    src: &[T],
+    width: usize,
+    scale: T,
+    mask: Option<&[T]>,
+) -> Vec<T> {
     let mut out = Vec::with_capacity(src.len());
-    for row in src.chunks(width) {
-        let max = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let mut row_buf = vec![T::zero(); width];
+    for (r, row) in src.chunks(width).enumerate() {
+        for (j, (dst, &v)) in row_buf.iter_mut().zip(row).enumerate() {
+            *dst = match mask {
+                Some(m) => v * scale + m[r * width + j],
+                None => v * scale,
+            };
+        }
+        let max = row_buf.iter().copied().fold(T::neg_infinity(), T::max);
         let start = out.len();
         let mut sum = T::zero();
-        for &v in row {
+        for &v in &row_buf {
             let e = (v - max).exp();
             sum = sum + e;
             out.push(e);
@@ -347,9 +364,34 @@ impl CustomOp1 for SoftmaxLast {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("softmax: input must be contiguous")
         };
+        // The mask, materialised at the input's shape (it is built per forward, so this costs one mask-sized copy).
+        let mask = match &self.mask {
+            Some(m) => Some(
+                m.broadcast_as(layout.shape())?
+                    .contiguous()?
+                    .flatten_all()?,
+            ),
+            None => None,
+        };
         let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(softmax_rows(&v[start..end], width)),
-            CpuStorage::F64(v) => CpuStorage::F64(softmax_rows(&v[start..end], width)),
+            CpuStorage::F32(v) => {
+                let m = mask.as_ref().map(|m| m.to_vec1::<f32>()).transpose()?;
+                CpuStorage::F32(softmax_rows(
+                    &v[start..end],
+                    width,
+                    self.scale as f32,
+                    m.as_deref(),
+                ))
+            }
+            CpuStorage::F64(v) => {
+                let m = mask.as_ref().map(|m| m.to_vec1::<f64>()).transpose()?;
+                CpuStorage::F64(softmax_rows(
+                    &v[start..end],
+                    width,
+                    self.scale,
+                    m.as_deref(),
+                ))
+            }
             _ => candle_core::bail!("softmax: only f32/f64 on the CPU"),
         };
         Ok((out, layout.shape().clone()))
@@ -361,19 +403,44 @@ impl CustomOp1 for SoftmaxLast {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        // dx = y ⊙ (dy − Σ_j dy_j y_j)
+        // dx = scale · y ⊙ (dy − Σ_j dy_j y_j); the mask is a constant.
         let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
-        Ok(Some(res.mul(&grad_res.broadcast_sub(&dot)?)?))
+        let dx = res.mul(&grad_res.broadcast_sub(&dot)?)?;
+        Ok(Some(if self.scale == 1.0 {
+            dx
+        } else {
+            (dx * self.scale)?
+        }))
     }
 }
 
 /// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward keeps only the
 /// output, else (other devices and dtypes) candle's composed `softmax`.
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    scaled_masked_softmax(x, 1.0, None)
+}
+
+/// `softmax(x·scale + mask)` over the last dimension, `mask` a constant broadcast to `x` (the attention scores'
+/// scale and additive mask fused into the softmax, so no extra score-sized tensors are kept for backward).
+pub fn scaled_masked_softmax(
+    x: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.contiguous()?.apply_op1(SoftmaxLast)
+        let mask = mask.map(|m| constant_like(x, m)).transpose()?;
+        x.contiguous()?.apply_op1(SoftmaxLast { scale, mask })
     } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        let scaled = if scale == 1.0 {
+            x.clone()
+        } else {
+            (x * scale)?
+        };
+        let masked = match mask {
+            Some(m) => const_add(&scaled, m)?,
+            None => scaled,
+        };
+        candle_nn::ops::softmax(&masked, D::Minus1)
     }
 }
 
@@ -383,6 +450,7 @@ mod num_float {
         Copy
         + std::ops::Sub<Output = Self>
         + std::ops::Add<Output = Self>
+        + std::ops::Mul<Output = Self>
         + std::ops::Div<Output = Self>
     {
         fn neg_infinity() -> Self;
@@ -455,6 +523,32 @@ mod tests {
         let w = Tensor::arange(0f64, 24., &dev)?.reshape((2, 3, 4))?;
         let fused = softmax_last(x.as_tensor())?;
         let composed = candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?;
+        let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-15, "forward diff {diff}");
+        let g1 = (fused * &w)?.sum_all()?.backward()?;
+        let g2 = (composed * &w)?.sum_all()?.backward()?;
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).expect("g1"),
+            g2.get(x.as_tensor()).expect("g2"),
+        );
+        let diff = (g1 - g2)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-12, "backward diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn fused_scaled_masked_softmax_matches_the_composed_ops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let data: Vec<f64> = (0..24).map(|i| ((i * 5) % 7) as f64 * 0.4 - 1.0).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(data, (2, 3, 4), &dev)?)?;
+        let mask = Tensor::new(
+            &[[[0f32, f32::MIN, 0., 0.]], [[0., 0., f32::MIN, f32::MIN]]],
+            &dev,
+        )?;
+        let w = Tensor::arange(0f64, 24., &dev)?.reshape((2, 3, 4))?;
+        let fused = scaled_masked_softmax(x.as_tensor(), 0.5, Some(&mask))?;
+        let composed =
+            candle_nn::ops::softmax(&const_add(&(x.as_tensor() * 0.5)?, &mask)?, D::Minus1)?;
         let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-15, "forward diff {diff}");
         let g1 = (fused * &w)?.sum_all()?.backward()?;
