@@ -57,6 +57,9 @@ pub struct StepLoss {
     pub non_padding_tokens: u64,
     /// Wall seconds of the step (forward, backward, update).
     pub seconds: f64,
+    /// CPU seconds of the process during the step (all threads; 0 where unavailable).
+    #[serde(default)]
+    pub cpu_seconds: f64,
 }
 
 /// Everything besides tensors that a resumed run needs.
@@ -218,6 +221,7 @@ mod tests {
                 target_tokens: 3,
                 non_padding_tokens: 7,
                 seconds: 0.25,
+                cpu_seconds: 0.5,
             }],
             epochs: Vec::new(),
             finished: false,

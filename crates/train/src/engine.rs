@@ -1,11 +1,13 @@
 //! One optimiser step on a group of micro-batches: forward, masked loss, backward, update.
 //!
 //! Two execution paths compute the same mathematics:
-//! - **whole graph** (no memory lever): `model.forward` → loss → one `backward()` per micro-batch, gradients
-//!   summed over the gradient-accumulation group, optional clipping, one AdamW step;
+//! - **whole graph** (no memory lever): `model.forward_hidden` keeps the whole trunk's graph; the head (`lm_head`
+//!   and the loss) runs in row chunks of ≈ 8 M logits, each with its own backward, so the `(rows, vocab)` logits
+//!   and their softmax never exist at once; then one trunk backward per micro-batch, gradients summed over the
+//!   gradient-accumulation group, optional clipping, one AdamW step;
 //! - **per block** (`memory.recompute` and/or `memory.optimizer_in_backward`): the decoder runs block by block
 //!   with a detached input at each block boundary. Backward walks the blocks from the top: the head (final norm,
-//!   `lm_head` and the loss, in row chunks so the `(rows, vocab)` logits never exist at once) first, then each block
+//!   then the same chunked `lm_head` and loss) first, then each block
 //!   with `(output · grad_output).sum().backward()`, which yields the block's parameter gradients and the
 //!   gradient for the block below. With `recompute`, the forward keeps only each block's input and the block's
 //!   graph is rebuilt right before its backward; with `optimizer_in_backward`, each block's parameters are
@@ -86,9 +88,9 @@ fn phase_of(name: &str) -> Phase {
     }
 }
 
-/// Rows of the `(rows, vocab)` logits computed at once in the per-block head: about 32 M logits (128 MiB f32).
+/// Rows of the `(rows, vocab)` logits computed at once by the chunked head: about 8 M logits (32 MiB f32).
 fn head_chunk_rows(vocab: usize) -> usize {
-    ((32usize << 20) / vocab.max(1)).max(1)
+    ((8usize << 20) / vocab.max(1)).max(1)
 }
 
 /// Runs training steps for one model and optimiser.
@@ -190,44 +192,8 @@ impl Engine {
             let normed = lm
                 .final_hidden(last.as_tensor())
                 .map_err(model_err("final norm"))?;
-            let (b, t, width) = normed.dims3().ctx("hidden shape")?;
-            let normed_var = Var::from_tensor(&normed.detach()).ctx("head input")?;
-            let rows = normed_var
-                .as_tensor()
-                .narrow(1, 0, t - 1)
-                .and_then(|x| x.reshape((b * (t - 1), width)))
-                .ctx("head rows")?;
-            let targets = batch.targets.reshape(b * (t - 1)).ctx("targets")?;
-            let mask = batch.target_mask.reshape(b * (t - 1)).ctx("target mask")?;
-            let chunk = head_chunk_rows(lm.config().vocab_size);
-            let mut batch_loss = 0f64;
-            let mut grad_normed: Option<Tensor> = None;
-            let mut start = 0;
-            while start < b * (t - 1) {
-                let len = chunk.min(b * (t - 1) - start);
-                let logits = lm
-                    .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
-                    .map_err(model_err("lm_head"))?;
-                let nll = loss::nll_rows(
-                    &logits,
-                    &targets.narrow(0, start, len).ctx("head chunk")?,
-                    &mask.narrow(0, start, len).ctx("head chunk")?,
-                )
-                .ctx("loss")?;
-                batch_loss += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
-                let store = (nll * scale)
-                    .ctx("scaling the loss")?
-                    .backward()
-                    .ctx("head backward")?;
-                self.accumulate(&store, &mut grads)?;
-                if let Some(g) = store.get(normed_var.as_tensor()) {
-                    grad_normed = Some(match grad_normed.take() {
-                        Some(sum) => (sum + g).ctx("accumulating the head gradient")?,
-                        None => g.clone(),
-                    });
-                }
-                start += len;
-            }
+            let (batch_loss, grad_normed) =
+                self.chunked_head(lm, &normed, batch, scale, &mut grads)?;
             loss_sum += batch_loss;
             if !loss_sum.is_finite() {
                 // Nothing has been applied yet: the head's parameters are stepped only below.
@@ -240,10 +206,6 @@ impl Engine {
                     applied: false,
                 });
             }
-            let grad_normed = match grad_normed {
-                Some(g) => g,
-                None => normed_var.as_tensor().zeros_like().ctx("zero gradient")?,
-            };
             let store = backward_with(&normed, &grad_normed).ctx("final norm backward")?;
             self.accumulate(&store, &mut grads)?;
             let mut grad = store.get(last.as_tensor()).cloned();
@@ -310,6 +272,63 @@ impl Engine {
         })
     }
 
+    /// `lm_head` + masked loss over the normed hidden states `(b, t, hidden)` in row chunks. Each chunk's loss
+    /// (scaled by `scale`) is backpropagated at once: head-parameter gradients go into `grads`, and the gradient for
+    /// the hidden states is summed and returned with the batch's Σ token NLL.
+    fn chunked_head(
+        &self,
+        lm: &model::CausalLm,
+        normed: &Tensor,
+        batch: &Batch,
+        scale: f64,
+        grads: &mut [Option<Tensor>],
+    ) -> Result<(f64, Tensor), TrainError> {
+        let normed_var = Var::from_tensor(&normed.detach()).ctx("head input")?;
+        let (b, t, width) = normed.dims3().ctx("hidden shape")?;
+        let n = b * (t - 1);
+        let rows = normed_var
+            .as_tensor()
+            .narrow(1, 0, t - 1)
+            .and_then(|x| x.reshape((n, width)))
+            .ctx("head rows")?;
+        let targets = batch.targets.reshape(n).ctx("targets")?;
+        let mask = batch.target_mask.reshape(n).ctx("target mask")?;
+        let chunk = head_chunk_rows(lm.config().vocab_size);
+        let mut loss_sum = 0f64;
+        let mut grad_normed: Option<Tensor> = None;
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let logits = lm
+                .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
+                .map_err(model_err("lm_head"))?;
+            let nll = loss::nll_rows(
+                &logits,
+                &targets.narrow(0, start, len).ctx("head chunk")?,
+                &mask.narrow(0, start, len).ctx("head chunk")?,
+            )
+            .ctx("loss")?;
+            loss_sum += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
+            let store = (nll * scale)
+                .ctx("scaling the loss")?
+                .backward()
+                .ctx("head backward")?;
+            self.accumulate(&store, grads)?;
+            if let Some(g) = store.get(normed_var.as_tensor()) {
+                grad_normed = Some(match grad_normed.take() {
+                    Some(sum) => (sum + g).ctx("accumulating the head gradient")?,
+                    None => g.clone(),
+                });
+            }
+            start += len;
+        }
+        let grad_normed = match grad_normed {
+            Some(g) => g,
+            None => normed_var.as_tensor().zeros_like().ctx("zero gradient")?,
+        };
+        Ok((loss_sum, grad_normed))
+    }
+
     /// Steps the parameters of `phase` with their (now complete) gradients and frees those gradients.
     fn apply_phase(
         &self,
@@ -354,13 +373,14 @@ impl Engine {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
         let mut loss_sum = 0f64;
         for batch in micro_batches {
-            let logits = lm
-                .forward(&batch.input_ids, &batch.attention_mask, true)
+            // The trunk's graph ends at the normed hidden states; the head and loss run in row chunks, each with
+            // its own backward, so the `(rows, vocab)` logits and their softmax never exist at once.
+            let normed = lm
+                .forward_hidden(&batch.input_ids, &batch.attention_mask, true)
                 .map_err(model_err("forward"))?;
-            let nll =
-                loss::masked_nll_sum(&logits, &batch.targets, &batch.target_mask).ctx("loss")?;
-            let value = f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
-            loss_sum += value;
+            let (batch_loss, grad_normed) =
+                self.chunked_head(lm, &normed, batch, scale, &mut grads)?;
+            loss_sum += batch_loss;
             if !loss_sum.is_finite() {
                 return Ok(StepStats {
                     loss_sum,
@@ -370,10 +390,7 @@ impl Engine {
                     applied: false,
                 });
             }
-            let store = (nll * scale)
-                .ctx("scaling the loss")?
-                .backward()
-                .ctx("backward")?;
+            let store = backward_with(&normed, &grad_normed).ctx("backward")?;
             self.accumulate(&store, &mut grads)?;
         }
         let grad_norm = match self.max_grad_norm {
@@ -419,5 +436,32 @@ impl Engine {
         Ok(f64::from(
             nll.to_scalar::<f32>().ctx("reading the validation loss")?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_assigned_to_the_phase_that_completes_their_gradient() {
+        assert_eq!(
+            phase_of("model.layers.3.self_attn.q_proj.weight"),
+            Phase::Block(3)
+        );
+        assert_eq!(
+            phase_of("base_model.model.model.layers.12.mlp.down_proj.lora_B.weight"),
+            Phase::Block(12)
+        );
+        assert_eq!(phase_of("model.embed_tokens.weight"), Phase::Embed);
+        assert_eq!(phase_of("model.norm.weight"), Phase::Head);
+        assert_eq!(phase_of("lm_head.weight"), Phase::Head);
+    }
+
+    #[test]
+    fn head_chunks_bound_the_logits_held_at_once() {
+        assert_eq!(head_chunk_rows(512), 16_384);
+        assert_eq!(head_chunk_rows(128_256), 65);
+        assert_eq!(head_chunk_rows(0), 8 << 20);
     }
 }

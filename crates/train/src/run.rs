@@ -760,8 +760,13 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
             }
             let lr = schedule.lr(state.step);
             let step_start = Instant::now();
+            let cpu_start = crate::memory::process_cpu_seconds();
             let stats: StepStats = engine.train_step(&lm, &mut optimizer, &micro_batches, lr)?;
             let step_seconds = step_start.elapsed().as_secs_f64();
+            let cpu_seconds = match (cpu_start, crate::memory::process_cpu_seconds()) {
+                (Some(start), Some(end)) => end - start,
+                _ => 0.0,
+            };
             let loss = stats.loss_sum / stats.target_tokens.max(1) as f64;
             if !stats.applied {
                 return Err(TrainError::NonFiniteLoss {
@@ -785,6 +790,7 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
                 target_tokens: stats.target_tokens,
                 non_padding_tokens: stats.non_padding_tokens,
                 seconds: step_seconds,
+                cpu_seconds,
             });
             on_event(Event::Step {
                 step: state.step,

@@ -135,3 +135,30 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         "{history:?}"
     );
 }
+
+#[test]
+fn an_existing_run_is_never_overwritten_and_resume_needs_the_same_plan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "guard", None, "max_steps = 1", "");
+    let path = config.display().to_string();
+    let first = train(&["--config", &path, "--quiet"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = train(&["--config", &path, "--quiet"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("pass --resume"),
+        "{}",
+        stderr(&again)
+    );
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("lr = 1e-3", "lr = 2e-3");
+    std::fs::write(&config, text).expect("config");
+    let changed = train(&["--config", &path, "--quiet", "--resume"]);
+    assert_eq!(changed.status.code(), Some(2));
+    assert!(
+        stderr(&changed).contains("different plan"),
+        "{}",
+        stderr(&changed)
+    );
+}
