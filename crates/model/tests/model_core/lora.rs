@@ -94,3 +94,35 @@ fn unknown_target_is_an_error() {
     .expect_err("qkv_proj is not a module");
     assert!(err.to_string().contains("qkv_proj"), "{err}");
 }
+
+#[test]
+fn bf16_base_with_f32_adapters_runs_forward_backward_and_tracks_f32() {
+    let dir = super::support::fixture_dir("tiny-llama");
+    let cpu = candle_core::Device::Cpu;
+    let bf16 = model::CausalLm::load(&dir, DType::BF16, &cpu, &Trainable::Lora(lora_all()), 3)
+        .expect("bf16 load");
+    let f32_model = load_fixture("tiny-llama", &Trainable::Frozen);
+    let (ids, mask) = batch(9, 512);
+    let fresh = bf16.forward(&ids, &mask, false).expect("bf16 forward");
+    perturb_lora_b(&bf16, 4);
+    let low = bf16.forward(&ids, &mask, true).expect("bf16 forward");
+    assert_eq!(
+        low.dtype(),
+        DType::F32,
+        "logits are f32 whatever the weights"
+    );
+    let high = f32_model.forward(&ids, &mask, false).expect("f32 forward");
+    let diff = max_abs_diff(
+        &fresh.narrow(0, 0, 1).expect("row 0"),
+        &high.narrow(0, 0, 1).expect("row 0"),
+    );
+    assert!(diff < 0.1, "bf16 vs f32 logits differ by {diff}");
+    let grads = low.sum_all().and_then(|l| l.backward()).expect("backward");
+    for (name, var) in bf16.trainable_vars() {
+        assert_eq!(var.dtype(), DType::F32, "{name}");
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "{name} has no gradient"
+        );
+    }
+}
