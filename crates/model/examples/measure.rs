@@ -54,6 +54,19 @@ fn peak_rss_mib() -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// CPU time (user, system) this process has used so far, in seconds (`/proc/self/stat`, 100 ticks/s): on a
+/// shared, overloaded machine this is the number to compare, not wall time.
+fn cpu_secs() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("stat field")?.parse::<f64>()? / 100.0)
+    };
+    Ok((tick(11)?, tick(12)?))
+}
+
 fn step(mode: &str, source: Option<&str>) -> Result<()> {
     let trainable = match mode {
         "lora" => Trainable::Lora(LoraConfig::default()),
@@ -88,8 +101,10 @@ fn step(mode: &str, source: Option<&str>) -> Result<()> {
         .unwrap_or(4)
         .max(2);
     let mut times = Vec::new();
+    let mut cpu_times = Vec::new();
     for s in 0..steps {
         let start = Instant::now();
+        let (user0, sys0) = cpu_secs()?;
         let logits = model.forward(&ids, &mask, true)?;
         let v = logits.dim(2)?;
         let lp = candle_nn::ops::log_softmax(
@@ -106,7 +121,14 @@ fn step(mode: &str, source: Option<&str>) -> Result<()> {
             .map(|g| g.elem_count() * g.dtype().size_in_bytes())
             .sum();
         opt.step(&grads)?;
+        drop(grads);
         let secs = start.elapsed().as_secs_f64();
+        let (user1, sys1) = cpu_secs()?;
+        let (user, sys) = (user1 - user0, sys1 - sys0);
+        if s > 0 {
+            cpu_times.push((user, sys));
+        }
+        println!("step {s}: cpu {user:.2} s user + {sys:.2} s system");
         println!(
             "step {s}: {secs:.2} s (forward {forward_secs:.2} s), loss {:.4}, {:.0} tokens/s, grad store {:.1} MiB, peak rss {:.0} MiB",
             loss.to_scalar::<f32>()?,
@@ -119,6 +141,13 @@ fn step(mode: &str, source: Option<&str>) -> Result<()> {
         }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let n = cpu_times.len() as f64;
+    let user = cpu_times.iter().map(|c| c.0).sum::<f64>() / n;
+    let sys = cpu_times.iter().map(|c| c.1).sum::<f64>() / n;
+    println!(
+        "{mode}: mean cpu of steps 1..{steps}: {user:.2} s user + {sys:.2} s system = {:.0} tokens per cpu-second",
+        (b * t) as f64 / (user + sys)
+    );
     println!(
         "{mode}: mean of steps 1..{steps}: {mean:.2} s/step = {:.0} tokens/s; peak rss {:.0} MiB",
         (b * t) as f64 / mean,
@@ -146,8 +175,18 @@ fn gen_bench(source: Option<&str>) -> Result<()> {
     };
     for round in 0..2 {
         let start = Instant::now();
+        let (user0, sys0) = cpu_secs()?;
         let out = generate(&model, &prompts, &opts)?;
         let secs = start.elapsed().as_secs_f64();
+        let (user1, sys1) = cpu_secs()?;
+        let cpu = (user1 - user0) + (sys1 - sys0);
+        let tokens_cpu: usize = out.iter().map(|g| g.ids.len()).sum();
+        println!(
+            "generate round {round}: cpu {:.2} s user + {:.2} s system = {:.0} tokens per cpu-second",
+            user1 - user0,
+            sys1 - sys0,
+            tokens_cpu as f64 / cpu
+        );
         let tokens: usize = out.iter().map(|g| g.ids.len()).sum();
         println!(
             "generate round {round}: {tokens} tokens in {secs:.2} s = {:.0} tokens/s (batch 8, prompts 20..41, 64 new)",

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::{
     Adapter, LINEAR_MODULES, Linear, LoraConfig, SeededRng, Trainable, adapter_dtype,
 };
-use crate::ops::{Param, add, apply_rope, matmul, mul, rms_norm, scaled_masked_softmax};
+use crate::ops::{Param, add, matmul, mul, rms_norm, rope_heads_first, scaled_masked_softmax};
 
 /// Self-attention projections of one block.
 #[derive(Debug, Clone)]
@@ -628,24 +628,23 @@ impl CausalLm {
 
         let h = rms_norm(x, &block.input_layernorm, eps)?;
         let a = &block.self_attn;
-        let q = a
-            .q_proj
-            .forward(&h, train, rng)?
-            .reshape((b, t, nh, d))?
-            .transpose(1, 2)?;
-        let k = a
-            .k_proj
-            .forward(&h, train, rng)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?;
+        // Rotated and moved to `(b, heads, t, d)` in one op (no transposed copy of q or k).
+        let q = rope_heads_first(
+            &a.q_proj.forward(&h, train, rng)?.reshape((b, t, nh, d))?,
+            &ctx.cos,
+            &ctx.sin,
+        )?;
+        let k = rope_heads_first(
+            &a.k_proj.forward(&h, train, rng)?.reshape((b, t, kvh, d))?,
+            &ctx.cos,
+            &ctx.sin,
+        )?;
         let v = a
             .v_proj
             .forward(&h, train, rng)?
             .reshape((b, t, kvh, d))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = apply_rope(&q, &ctx.cos, &ctx.sin)?;
-        let k = apply_rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
             None => (k, v),
             Some((kv, offset)) => {
