@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::lora::{
     Adapter, LINEAR_MODULES, Linear, LoraConfig, SeededRng, Trainable, adapter_dtype,
 };
-use crate::ops::{Param, add, matmul, mul, rms_norm, rope_heads_first, scaled_masked_softmax};
+use crate::ops::{Param, add, matmul, rms_norm, rope_heads_first, scaled_masked_softmax, silu_mul};
 
 /// Self-attention projections of one block.
 #[derive(Debug, Clone)]
@@ -667,8 +667,8 @@ impl CausalLm {
 
         let h = rms_norm(&x, &block.post_attention_layernorm, eps)?;
         let m = &block.mlp;
-        let gated = mul(
-            &m.gate_proj.forward(&h, train, rng)?.silu()?,
+        let gated = silu_mul(
+            &m.gate_proj.forward(&h, train, rng)?,
             &m.up_proj.forward(&h, train, rng)?,
         )?;
         add(&x, &m.down_proj.forward(&gated, train, rng)?)

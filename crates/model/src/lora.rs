@@ -242,7 +242,9 @@ impl Linear {
                 .t()?
                 .reshape(out)?
         };
-        let up = (low.broadcast_matmul(&ad.b.as_tensor().t()?)? * ad.scale)?;
+        // The scale applied to the rank-r intermediate, not the output-sized product (r/out of the work; a zero B
+        // still gives an exactly zero update).
+        let up = (low * ad.scale)?.broadcast_matmul(&ad.b.as_tensor().t()?)?;
         let dtype = y.dtype();
         crate::ops::add(&y, &up.to_dtype(dtype)?)
     }

@@ -633,6 +633,152 @@ impl CustomOp1 for RopeOp {
     }
 }
 
+/// SwiGLU's gate: `silu(gate) ⊙ up`. On the CPU (f32/f64, both operands tracked or neither) one fused op keeps
+/// only its two inputs for backward (no `silu(gate)` tensor; the backward is one pass computing both gradients);
+/// otherwise the composed `silu` and [`mul`].
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    let fused = gate.device().is_cpu()
+        && matches!(gate.dtype(), DType::F32 | DType::F64)
+        && gate.dtype() == up.dtype()
+        && gate.dims() == up.dims()
+        && gate.track_op() == up.track_op();
+    if !fused {
+        return mul(&gate.silu()?, up);
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+/// `silu(g) ⊙ u` with backward `dg = dy·u·σ(g)·(1 + g·(1 − σ(g)))`, `du = dy·silu(g)`.
+struct SiluMul;
+
+fn sigmoid<T: num_float::Float>(v: T) -> T {
+    T::one() / (T::one() + (T::zero() - v).exp())
+}
+
+fn silu_mul_rows<T: num_float::Float>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); g.len()];
+    out.par_chunks_mut(MIN_TASK_ELEMS)
+        .zip(
+            g.par_chunks(MIN_TASK_ELEMS)
+                .zip(u.par_chunks(MIN_TASK_ELEMS)),
+        )
+        .for_each(|(o, (gs, us))| {
+            for ((o, &g), &u) in o.iter_mut().zip(gs).zip(us) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
+    out
+}
+
+/// Both gradients in one pass, stacked: `[dg; du]` (twice the input's length).
+fn silu_mul_backward_rows<T: num_float::Float>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
+    let n = g.len();
+    let mut out = vec![T::zero(); 2 * n];
+    let (dg, du) = out.split_at_mut(n);
+    dg.par_chunks_mut(MIN_TASK_ELEMS)
+        .zip(du.par_chunks_mut(MIN_TASK_ELEMS))
+        .zip(
+            g.par_chunks(MIN_TASK_ELEMS).zip(
+                u.par_chunks(MIN_TASK_ELEMS)
+                    .zip(dy.par_chunks(MIN_TASK_ELEMS)),
+            ),
+        )
+        .for_each(|((dgs, dus), (gs, (us, ys)))| {
+            for ((((dg, du), &g), &u), &y) in dgs.iter_mut().zip(dus).zip(gs).zip(us).zip(ys) {
+                let s = sigmoid(g);
+                *dg = y * u * s * (T::one() + g * (T::one() - s));
+                *du = y * g * s;
+            }
+        });
+    out
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("silu-mul: shapes {:?} != {:?}", l1.dims(), l2.dims());
+        }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(silu_mul_rows(
+                contiguous_slice::<f32>(s1, l1, self.name())?,
+                contiguous_slice::<f32>(s2, l2, self.name())?,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(silu_mul_rows(
+                contiguous_slice::<f64>(s1, l1, self.name())?,
+                contiguous_slice::<f64>(s2, l2, self.name())?,
+            )),
+            _ => candle_core::bail!("silu-mul: only f32/f64 on the CPU"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = gate.apply_op3_no_bwd(up, &grad_res.contiguous()?, &SiluMulBackward)?;
+        let shape = gate.shape();
+        Ok((
+            Some(both.get(0)?.reshape(shape)?),
+            Some(both.get(1)?.reshape(shape)?),
+        ))
+    }
+}
+
+/// Backward of [`SiluMul`]: `(g, u, dy) → (2, ...)` holding `[dg, du]`.
+struct SiluMulBackward;
+
+impl candle_core::CustomOp3 for SiluMulBackward {
+    fn name(&self) -> &'static str {
+        "silu-mul-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() || l1.dims() != l3.dims() {
+            candle_core::bail!("silu-mul-backward: shapes differ");
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(silu_mul_backward_rows(
+                    contiguous_slice::<f32>(s1, l1, self.name())?,
+                    contiguous_slice::<f32>(s2, l2, self.name())?,
+                    contiguous_slice::<f32>(s3, l3, self.name())?,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(silu_mul_backward_rows(
+                    contiguous_slice::<f64>(s1, l1, self.name())?,
+                    contiguous_slice::<f64>(s2, l2, self.name())?,
+                    contiguous_slice::<f64>(s3, l3, self.name())?,
+                ))
+            }
+            _ => candle_core::bail!("silu-mul-backward: only f32/f64 on the CPU"),
+        };
+        Ok((out, Shape::from((2, l1.shape().elem_count()))))
+    }
+}
+
 /// Softmax over the last dimension with a backward pass that keeps only the output (candle's fused
 /// `softmax_last_dim` has no backward; its composed `softmax` keeps four attention-sized intermediates per call).
 struct SoftmaxLast {
@@ -1096,6 +1242,27 @@ mod tests {
         let composed = candle_nn::ops::softmax(&((&x * 0.7)? + dense)?, D::Minus1)?;
         let diff = (fused - composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-15, "forward diff {diff}");
+        Ok(())
+    }
+    #[test]
+    fn fused_silu_mul_matches_the_composed_ops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let g = Var::from_tensor(&Tensor::from_vec(data(2 * 3 * 5, 8), (2, 3, 5), &dev)?)?;
+        let u = Var::from_tensor(&Tensor::from_vec(data(2 * 3 * 5, 9), (2, 3, 5), &dev)?)?;
+        let w = Tensor::from_vec(data(30, 10), (2, 3, 5), &dev)?;
+        let fused = silu_mul(g.as_tensor(), u.as_tensor())?;
+        let composed = (g.as_tensor().silu()? * u.as_tensor())?;
+        let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff < 1e-14, "forward diff {diff}");
+        let g1 = (fused * &w)?.sum_all()?.backward()?;
+        let g2 = (composed * &w)?.sum_all()?.backward()?;
+        for v in [&g, &u] {
+            let a = g1.get(v.as_tensor()).expect("fused grad");
+            let b = g2.get(v.as_tensor()).expect("composed grad");
+            assert_eq!(a.dims(), b.dims());
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(diff < 1e-12, "backward diff {diff}");
+        }
         Ok(())
     }
 }
