@@ -6,7 +6,8 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var, WithDType};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::Param;
@@ -96,6 +97,9 @@ pub enum Trainable {
     Lora(LoraConfig),
 }
 
+/// SplitMix64's state increment.
+const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// A small deterministic generator (SplitMix64) for adapter initialisation and dropout masks: candle's CPU
 /// backend cannot be seeded.
 #[derive(Debug)]
@@ -111,8 +115,20 @@ impl SeededRng {
         }
     }
 
+    /// Returns the current state and moves the generator past `n` draws (SplitMix64's state only counts, so
+    /// draw `i` from the returned state can be recomputed independently).
+    fn skip(&self, n: usize) -> u64 {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = *state;
+        *state = start.wrapping_add(SPLITMIX_GAMMA.wrapping_mul(n as u64));
+        start
+    }
+
     fn next_u64(state: &mut u64) -> u64 {
-        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        *state = state.wrapping_add(SPLITMIX_GAMMA);
         let mut z = *state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -256,13 +272,120 @@ impl Linear {
 }
 
 /// Inverted dropout with a mask drawn from `rng` (kept values scaled by `1/(1-p)`); the mask is a constant.
+/// The generator is counter-based (SplitMix64), so on the CPU the mask is never stored: the op remembers the
+/// generator state it started from and regenerates the mask in backward (same values as drawing
+/// `rng.uniform(n)`).
 pub fn dropout(x: &Tensor, p: f64, rng: &SeededRng) -> candle_core::Result<Tensor> {
     let keep = 1.0 - p as f32;
-    let mask: Vec<f32> = rng
-        .uniform(x.elem_count())
-        .into_iter()
-        .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
-        .collect();
+    let n = x.elem_count();
+    let start = rng.skip(n);
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(DropoutOp { start, keep });
+    }
+    let mask: Vec<f32> = (0..n).map(|i| dropout_factor(start, i, keep)).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     crate::ops::const_mul(x, &mask)
+}
+
+/// The dropout multiplier of element `i` for a mask drawn from generator state `start`: `1/keep` or 0.
+fn dropout_factor(start: u64, i: usize, keep: f32) -> f32 {
+    let mut state = start.wrapping_add(SPLITMIX_GAMMA.wrapping_mul(i as u64));
+    let u = (SeededRng::next_u64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
+    if u < keep { 1.0 / keep } else { 0.0 }
+}
+
+/// `x ⊙ mask` with the mask regenerated from a generator state; linear and diagonal, so it is its own backward.
+struct DropoutOp {
+    start: u64,
+    keep: f32,
+}
+
+fn dropout_apply<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
+    x: &[T],
+    start: u64,
+    keep: f32,
+) -> Vec<T> {
+    const CHUNK: usize = 16 * 1024;
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (o, xs))| {
+            for (j, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
+                *o = v * T::from_f64(f64::from(dropout_factor(start, c * CHUNK + j, keep)));
+            }
+        });
+    out
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "dropout-regenerated-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((lo, hi)) = layout.contiguous_offsets() else {
+            candle_core::bail!("dropout: input must be contiguous")
+        };
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(dropout_apply(&v[lo..hi], self.start, self.keep)),
+            CpuStorage::F64(v) => CpuStorage::F64(dropout_apply(&v[lo..hi], self.start, self.keep)),
+            _ => candle_core::bail!("dropout: only f32/f64 on the CPU"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1(DropoutOp {
+            start: self.start,
+            keep: self.keep,
+        })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regenerated_dropout_equals_a_drawn_mask_and_back_propagates_it() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let n = 40_000; // more than one parallel chunk
+        let x = Var::from_tensor(&Tensor::arange(0f32, n as f32, &dev)?.reshape((200, 200))?)?;
+        let (a, b) = (SeededRng::new(7), SeededRng::new(7));
+        let y = dropout(x.as_tensor(), 0.3, &a)?;
+        let keep = 0.7f32;
+        let mask: Vec<f32> = b
+            .uniform(n)
+            .into_iter()
+            .map(|u| if u < keep { 1.0 / keep } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (200, 200), &dev)?;
+        let expected = (x.as_tensor() * &mask)?;
+        assert_eq!(
+            y.flatten_all()?.to_vec1::<f32>()?,
+            expected.flatten_all()?.to_vec1::<f32>()?
+        );
+        assert_eq!(
+            a.state(),
+            b.state(),
+            "the generator advances as if the mask were drawn"
+        );
+        let grads = y.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).expect("gradient");
+        assert_eq!(
+            g.flatten_all()?.to_vec1::<f32>()?,
+            mask.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
 }
