@@ -107,12 +107,17 @@ fn step(mode: &str, source: Option<&str>) -> Result<()> {
         let (user0, sys0) = cpu_secs()?;
         let logits = model.forward(&ids, &mask, true)?;
         let v = logits.dim(2)?;
-        let lp = candle_nn::ops::log_softmax(
-            &logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?,
-            1,
-        )?;
+        let rows = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
         let target = ids.narrow(1, 1, t - 1)?.reshape((b * (t - 1), 1))?;
-        let loss = lp.gather(&target, 1)?.mean_all()?.neg()?;
+        // MEASURE_LOSS=composed: candle's log_softmax + gather (the previous measurement); else the fused op.
+        let loss = if std::env::var("MEASURE_LOSS").as_deref() == Ok("composed") {
+            let lp = candle_nn::ops::log_softmax(&rows, 1)?;
+            lp.gather(&target, 1)?.mean_all()?.neg()?
+        } else {
+            let n = b * (t - 1);
+            let mask = Tensor::ones(n, DType::F32, &Device::Cpu)?;
+            (model::ops::masked_nll_rows(&rows, &target.flatten_all()?, &mask)? / n as f64)?
+        };
         let forward_secs = start.elapsed().as_secs_f64();
         let grads = loss.backward()?;
         let grad_bytes: usize = grads

@@ -779,6 +779,127 @@ impl candle_core::CustomOp3 for SiluMulBackward {
     }
 }
 
+/// `Σᵢ maskᵢ · (−log softmax(logitsᵢ)[targetᵢ])` for `logits (n, V)`, `targets (n,)` (u32) and `mask (n,)` (any
+/// float): the masked next-token loss as a sum, a scalar f32 tensor. On the CPU one fused op reads the logits once
+/// forward and once backward (`dlogits = dy · maskᵢ · (softmaxᵢ − onehot(targetᵢ))`) and keeps nothing but the
+/// logits it is given — candle's composed `log_softmax` + `gather` keep several `(n, V)` intermediates. Elsewhere it
+/// is composed from candle ops. Equal to `train`'s `nll_rows` (which it can replace).
+pub fn masked_nll_rows(
+    logits: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    let target_ids = targets
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if target_ids.len() != n || weights.len() != n {
+        candle_core::bail!(
+            "masked nll: {n} logit rows but {} targets and {} mask values",
+            target_ids.len(),
+            weights.len()
+        );
+    }
+    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("masked nll: target id {bad} outside the vocabulary of {vocab}");
+    }
+    let logits = logits.to_dtype(DType::F32)?;
+    if !logits.device().is_cpu() {
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = log_probs
+            .gather(
+                &targets
+                    .to_dtype(DType::U32)?
+                    .reshape((n, 1))?
+                    .contiguous()?,
+                1,
+            )?
+            .squeeze(1)?;
+        return (picked * mask.to_dtype(DType::F32)?.reshape(n)?)?
+            .sum_all()?
+            .neg();
+    }
+    logits.contiguous()?.apply_op1(MaskedNll {
+        targets: target_ids,
+        weights,
+    })
+}
+
+/// The fused loss of [`masked_nll_rows`] (f32, CPU).
+struct MaskedNll {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl CustomOp1 for MaskedNll {
+    fn name(&self) -> &'static str {
+        "masked-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let vocab = layout.dims().last().copied().unwrap_or(1).max(1);
+        let x = contiguous_slice::<f32>(storage, layout, self.name())?;
+        let per_row: Vec<f64> = x
+            .par_chunks(vocab)
+            .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+            .map(|(row, (&t, &w))| {
+                if w == 0.0 {
+                    return 0.0;
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+                let lse = max + sum.ln();
+                f64::from(w) * f64::from(lse - row[t as usize])
+            })
+            .collect();
+        let total = per_row.iter().sum::<f64>() as f32;
+        Ok((CpuStorage::F32(vec![total]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let dy = grad_res
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let dy = dy.first().copied().unwrap_or(0.0);
+        let (n, vocab) = arg.dims2()?;
+        let x = arg.flatten_all()?.to_vec1::<f32>()?;
+        let mut dx = vec![0f32; n * vocab];
+        dx.par_chunks_mut(vocab)
+            .zip(x.par_chunks(vocab))
+            .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+            .for_each(|((d, row), (&t, &w))| {
+                let scale = dy * w;
+                if scale == 0.0 {
+                    return;
+                }
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (d, &v) in d.iter_mut().zip(row) {
+                    *d = (v - max).exp();
+                    sum += *d;
+                }
+                let k = scale / sum;
+                for d in d.iter_mut() {
+                    *d *= k;
+                }
+                d[t as usize] -= scale;
+            });
+        Ok(Some(Tensor::from_vec(dx, (n, vocab), arg.device())?))
+    }
+}
+
 /// Softmax over the last dimension with a backward pass that keeps only the output (candle's fused
 /// `softmax_last_dim` has no backward; its composed `softmax` keeps four attention-sized intermediates per call).
 struct SoftmaxLast {
@@ -1263,6 +1384,32 @@ mod tests {
             let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(diff < 1e-12, "backward diff {diff}");
         }
+        Ok(())
+    }
+    #[test]
+    fn fused_masked_nll_matches_log_softmax_and_gather() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (n, v) = (5, 7);
+        let logits = Var::from_tensor(
+            &Tensor::from_vec(data(n * v, 11), (n, v), &dev)?.to_dtype(DType::F32)?,
+        )?;
+        let targets = Tensor::new(&[3u32, 0, 6, 2, 2], &dev)?;
+        let mask = Tensor::new(&[1f32, 0., 1., 0.5, 1.], &dev)?;
+        let fused = masked_nll_rows(logits.as_tensor(), &targets, &mask)?;
+        let picked = candle_nn::ops::log_softmax(logits.as_tensor(), D::Minus1)?
+            .gather(&targets.reshape((n, 1))?, 1)?
+            .squeeze(1)?;
+        let composed = (picked * &mask)?.sum_all()?.neg()?;
+        let (a, b) = (fused.to_scalar::<f32>()?, composed.to_scalar::<f32>()?);
+        assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+        let g1 = (fused * 1.5)?.backward()?;
+        let g2 = (composed * 1.5)?.backward()?;
+        let (g1, g2) = (
+            g1.get(logits.as_tensor()).expect("fused grad"),
+            g2.get(logits.as_tensor()).expect("composed grad"),
+        );
+        let diff = (g1 - g2)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "backward diff {diff}");
         Ok(())
     }
 }
