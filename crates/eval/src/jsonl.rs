@@ -4,6 +4,10 @@
 //! partial line, at the very end and without its newline. That tail is tolerated: the caller learns how many bytes
 //! are good and truncates before appending again. Any other malformed line — one that ends in a newline, or is not
 //! the last — is corruption, reported with the file and its 1-based line number.
+//!
+//! `task::read_jsonl_for_resume` also skips a torn tail, but does not say where it starts; appending after it would
+//! glue the next record onto the fragment, so resuming needs the offset to truncate at (and line numbers for
+//! duplicate-row errors), which this reader returns.
 
 use std::fs::OpenOptions;
 use std::path::Path;

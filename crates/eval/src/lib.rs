@@ -155,7 +155,7 @@ pub fn predict(args: PredictArgs, progress: &mut dyn Progress) -> Result<Outcome
             let (report, schemas) = score_and_write(
                 &dir,
                 &spec,
-                &split_label(&rows),
+                &rows.split,
                 &test_rows,
                 &predictions,
                 args.schemas.as_deref(),
@@ -195,14 +195,8 @@ pub fn rescore(
     let expected = describe_rows(&rows.split, None);
     let finished = read_finished(predictions_path, &rows.test, &expected, TornLine::Reject)?;
     let predictions = in_row_order(predictions_path, &rows.test, finished)?;
-    let (report, schemas) = score_and_write(
-        &dir,
-        &spec,
-        &split_label(&rows),
-        &rows.test,
-        &predictions,
-        schemas,
-    )?;
+    let (report, schemas) =
+        score_and_write(&dir, &spec, &rows.split, &rows.test, &predictions, schemas)?;
     Ok(Outcome::Scored {
         dir,
         report: Box::new(report),
@@ -242,14 +236,8 @@ pub fn merge(
     let path = dir.join("predictions.jsonl");
     let predictions = in_row_order(dir, &rows.test, merged)?;
     task::write_jsonl(&path, &predictions)?;
-    let (report, schemas) = score_and_write(
-        dir,
-        &spec,
-        &split_label(&rows),
-        &rows.test,
-        &predictions,
-        schemas,
-    )?;
+    let (report, schemas) =
+        score_and_write(dir, &spec, &rows.split, &rows.test, &predictions, schemas)?;
     Ok(Outcome::Scored {
         dir: dir.to_path_buf(),
         report: Box::new(report),
@@ -364,10 +352,6 @@ fn describe_rows(split: &str, shard: Option<Shard>) -> String {
         Some(shard) => format!("test rows of split {split}, shard {shard}"),
         None => format!("test rows of split {split}"),
     }
-}
-
-fn split_label(rows: &SplitRows) -> String {
-    rows.split.clone()
 }
 
 fn predict_baseline(
