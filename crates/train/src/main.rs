@@ -102,12 +102,17 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             bar.set_length(total_steps);
             bar.set_position(start_step);
             bar.set_prefix(run.to_owned());
-            bar.println(format!(
+            let line = format!(
                 "{run}: {train_rows} train / {val_rows} validation rows ({rows_shortened} shortened, {rows_skipped} skipped), \
                  {trainable_params} of {total_params} parameters trainable, {device}; model → {}, records → {}",
                 out_dir.display(),
                 results_dir.display()
-            ));
+            );
+            if args.quiet {
+                eprintln!("{line}")
+            } else {
+                bar.println(line)
+            }
         }
         Event::Step {
             step,
