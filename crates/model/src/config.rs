@@ -202,6 +202,7 @@ impl ModelConfig {
 
     /// Validates a parsed `config.json` object.
     pub fn from_map(map: Map<String, Value>, path: &Path) -> Result<Self> {
+        let map = lift_rope_parameters(map);
         let f = Fields { path, map: &map };
         let model_type = match f.present("model_type").and_then(Value::as_str) {
             Some("llama") => ModelType::Llama,
@@ -396,6 +397,27 @@ impl ModelConfig {
     }
 }
 
+/// transformers 5 writes the RoPE settings as one `rope_parameters` object (`rope_type`, `rope_theta`, `factor`, …)
+/// instead of a top-level `rope_theta` and `rope_scaling`. Reading only the old keys would silently fall back to
+/// θ = 10000, so the new object is lifted into the old keys; old keys already present win.
+fn lift_rope_parameters(mut map: Map<String, Value>) -> Map<String, Value> {
+    let Some(Value::Object(params)) = map.get("rope_parameters").cloned() else {
+        return map;
+    };
+    let absent = |map: &Map<String, Value>, key: &str| map.get(key).is_none_or(Value::is_null);
+    if absent(&map, "rope_theta")
+        && let Some(theta) = params.get("rope_theta")
+    {
+        map.insert("rope_theta".into(), theta.clone());
+    }
+    if absent(&map, "rope_scaling")
+        && (params.contains_key("rope_type") || params.contains_key("type"))
+    {
+        map.insert("rope_scaling".into(), Value::Object(params));
+    }
+    map
+}
+
 fn parse_rope_scaling(f: &Fields<'_>) -> Result<Option<RopeScaling>> {
     let Some(value) = f.present("rope_scaling") else {
         return Ok(None);
@@ -531,5 +553,27 @@ mod tests {
                 ..c
             }
         );
+    }
+
+    #[test]
+    fn reads_transformers5_rope_parameters() {
+        let c = ModelConfig::from_json_str(
+            r#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,
+            "rope_parameters":{"rope_type":"linear","rope_theta":100000.0,"factor":4.0}}"#,
+            Path::new("config.json"),
+        )
+        .expect("config");
+        assert_eq!(c.rope_theta, 100_000.0);
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 4.0 }));
+        let c = ModelConfig::from_json_str(
+            r#"{"model_type":"llama","vocab_size":8,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":1,"num_attention_heads":2,
+            "rope_parameters":{"rope_type":"default","rope_theta":100000.0}}"#,
+            Path::new("config.json"),
+        )
+        .expect("config");
+        assert_eq!(c.rope_theta, 100_000.0);
+        assert_eq!(c.rope_scaling, None);
     }
 }
