@@ -181,6 +181,8 @@ if [[ -n $split_name && -n $variants ]]; then
     # A manifest records the hash of what was loaded, so a variant subset needs its own (same problems per side).
     split_name=$split_name-${variants//,/-}
     split_path=$split_dir/$split_name.json
+    # The embedded run's results are committed, so its manifest must be too (eval score rereads it).
+    [[ $mode == sample && -z $data && -z $output_root ]] && split_path=data/splits/$split_name.json
 fi
 
 # derive STEM METHOD: writes the derived config for configs/STEM_METHOD.toml and prints its path.
