@@ -26,15 +26,29 @@ use crate::problem::{Problem, Row, Variant};
 
 /// SplitMix64 (Steele, Lea & Flood 2014; the seeding generator of xoshiro): `state += 0x9E3779B97F4A7C15`, then
 /// the output is the state mixed by two xor-shift-multiply rounds. Full period 2^64, passes BigCrush.
-#[derive(Debug, Clone)]
+///
+/// The whole state is one public `u64`, so a trainer can checkpoint it and replay the same stream on resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitMix64 {
-    state: u64,
+    /// The generator state; saving and restoring it replays the same stream.
+    pub state: u64,
 }
 
 impl SplitMix64 {
     /// A generator whose first output is SplitMix64's first output for `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
+    }
+
+    /// A generator for one purpose and one index (e.g. the data order of epoch 3), independent of the others
+    /// derived from the same seed.
+    pub fn derive(seed: u64, purpose: &str, index: u64) -> Self {
+        let mut mixer = Self::new(seed ^ 0x6B75_6265_7475_6E65);
+        let mut acc = mixer.next_u64();
+        for byte in purpose.bytes() {
+            acc = Self::new(acc ^ u64::from(byte)).next_u64();
+        }
+        Self::new(Self::new(acc ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64())
     }
 
     /// The next 64 random bits.
@@ -494,6 +508,25 @@ mod tests {
         assert_eq!(rng.next_u64(), 0xE220_A839_7B1D_CDAF);
         assert_eq!(rng.next_u64(), 0x6E78_9E6A_A1B9_65F4);
         assert_eq!(rng.next_u64(), 0x06C4_5D18_8009_454F);
+    }
+
+    #[test]
+    fn derived_streams_are_independent_and_restorable() {
+        let mut rng = SplitMix64::derive(7, "dropout", 0);
+        rng.next_u64();
+        let saved = rng;
+        let first: Vec<u64> = (0..5).map(|_| rng.next_u64()).collect();
+        let mut restored = saved;
+        let again: Vec<u64> = (0..5).map(|_| restored.next_u64()).collect();
+        assert_eq!(first, again);
+        let mut a: Vec<u32> = (0..50).collect();
+        let mut b = a.clone();
+        SplitMix64::derive(1, "order", 0).shuffle(&mut a);
+        SplitMix64::derive(1, "order", 1).shuffle(&mut b);
+        assert_ne!(a, b);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<u32>>());
     }
 
     #[test]

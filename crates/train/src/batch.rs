@@ -11,7 +11,7 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::rng::SplitMix64;
+use task::split::SplitMix64;
 
 /// One tokenized training row.
 #[derive(Debug, Clone, PartialEq, Eq)]

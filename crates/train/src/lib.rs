@@ -15,7 +15,6 @@
 //! - [`schedule`]: warm-up + constant / linear / cosine learning rate as a function of the step;
 //! - [`checkpoint`]: the resumable `out/<run>/checkpoint/` directory, swapped in atomically;
 //! - [`memory`]: peak-memory sampling with its definition (VmHWM on CPU, nvidia-smi on CUDA);
-//! - [`rng`]: a checkpointable SplitMix64.
 //!
 //! Design decisions: resuming is bit-exact on CPU because every source of randomness is a function of the seed
 //! and state saved in the checkpoint (data order from seed + epoch, dropout from a saved RNG state, optimizer
@@ -31,7 +30,7 @@ pub mod error;
 pub mod loss;
 pub mod memory;
 pub mod optim;
-pub mod rng;
+
 mod run;
 pub mod schedule;
 
