@@ -344,6 +344,42 @@ fn contiguous_slice<'a, T: WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// A kernel over two same-shaped contiguous inputs, written once for f32 and f64.
+trait PairKernel {
+    /// Applies the kernel; `width` is the size of the last dimension.
+    fn apply<T: num_float::Float>(&self, a: &[T], b: &[T], width: usize) -> Vec<T>;
+}
+
+/// The CPU forward shared by the two-input fused ops: same shapes, contiguous f32/f64 inputs, output of the
+/// inputs' shape.
+fn pair_cpu_fwd(
+    op: &str,
+    kernel: &impl PairKernel,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    if l1.dims() != l2.dims() {
+        candle_core::bail!("{op}: shapes {:?} != {:?}", l1.dims(), l2.dims());
+    }
+    let width = l1.dims().last().copied().unwrap_or(1).max(1);
+    let out = match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(kernel.apply(
+            contiguous_slice::<f32>(s1, l1, op)?,
+            contiguous_slice::<f32>(s2, l2, op)?,
+            width,
+        )),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(kernel.apply(
+            contiguous_slice::<f64>(s1, l1, op)?,
+            contiguous_slice::<f64>(s2, l2, op)?,
+            width,
+        )),
+        _ => candle_core::bail!("{op}: only f32/f64 on the CPU"),
+    };
+    Ok((out, l1.shape().clone()))
+}
+
 /// Fused `x / sqrt(mean(x²) + eps)` over the last dimension (f32/f64, CPU).
 struct RmsNormalize {
     eps: f64,
@@ -445,6 +481,12 @@ struct RmsNormalizeBackward {
     eps: f64,
 }
 
+impl PairKernel for RmsNormalizeBackward {
+    fn apply<T: num_float::Float>(&self, x: &[T], dy: &[T], width: usize) -> Vec<T> {
+        rms_normalize_backward_rows(x, dy, width, self.eps)
+    }
+}
+
 impl CustomOp2 for RmsNormalizeBackward {
     fn name(&self) -> &'static str {
         "rms-normalize-backward"
@@ -457,34 +499,7 @@ impl CustomOp2 for RmsNormalizeBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "rms-normalize-backward: shapes {:?} != {:?}",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let width = l1.dims().last().copied().unwrap_or(1).max(1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(rms_normalize_backward_rows(
-                    contiguous_slice::<f32>(s1, l1, self.name())?,
-                    contiguous_slice::<f32>(s2, l2, self.name())?,
-                    width,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(rms_normalize_backward_rows(
-                    contiguous_slice::<f64>(s1, l1, self.name())?,
-                    contiguous_slice::<f64>(s2, l2, self.name())?,
-                    width,
-                    self.eps,
-                ))
-            }
-            _ => candle_core::bail!("rms-normalize-backward: only f32/f64 on the CPU"),
-        };
-        Ok((out, l1.shape().clone()))
+        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
     }
 }
 
@@ -709,6 +724,12 @@ fn silu_mul_backward_rows<T: num_float::Float>(g: &[T], u: &[T], dy: &[T]) -> Ve
     out
 }
 
+impl PairKernel for SiluMul {
+    fn apply<T: num_float::Float>(&self, gate: &[T], up: &[T], _width: usize) -> Vec<T> {
+        silu_mul_rows(gate, up)
+    }
+}
+
 impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "silu-mul"
@@ -721,21 +742,7 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("silu-mul: shapes {:?} != {:?}", l1.dims(), l2.dims());
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(silu_mul_rows(
-                contiguous_slice::<f32>(s1, l1, self.name())?,
-                contiguous_slice::<f32>(s2, l2, self.name())?,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(silu_mul_rows(
-                contiguous_slice::<f64>(s1, l1, self.name())?,
-                contiguous_slice::<f64>(s2, l2, self.name())?,
-            )),
-            _ => candle_core::bail!("silu-mul: only f32/f64 on the CPU"),
-        };
-        Ok((out, l1.shape().clone()))
+        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -1099,6 +1106,12 @@ fn softmax_backward_rows<T: num_float::Float>(
     out
 }
 
+impl PairKernel for SoftmaxBackward {
+    fn apply<T: num_float::Float>(&self, y: &[T], dy: &[T], width: usize) -> Vec<T> {
+        softmax_backward_rows(y, dy, width, self.scale)
+    }
+}
+
 impl CustomOp2 for SoftmaxBackward {
     fn name(&self) -> &'static str {
         "softmax-last-backward"
@@ -1111,30 +1124,7 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!(
-                "softmax-backward: shapes {:?} != {:?}",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let width = l1.dims().last().copied().unwrap_or(1).max(1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(softmax_backward_rows(
-                contiguous_slice::<f32>(s1, l1, self.name())?,
-                contiguous_slice::<f32>(s2, l2, self.name())?,
-                width,
-                self.scale,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(softmax_backward_rows(
-                contiguous_slice::<f64>(s1, l1, self.name())?,
-                contiguous_slice::<f64>(s2, l2, self.name())?,
-                width,
-                self.scale,
-            )),
-            _ => candle_core::bail!("softmax-backward: only f32/f64 on the CPU"),
-        };
-        Ok((out, l1.shape().clone()))
+        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
     }
 }
 
