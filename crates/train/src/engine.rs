@@ -258,11 +258,7 @@ impl Engine {
                 applied: true,
             });
         }
-        let grad_norm = match self.max_grad_norm {
-            Some(max) => Some(clip_grad_norm(&mut grads, max).ctx("clipping gradients")?),
-            None => None,
-        };
-        optimizer.step(&grads, lr).ctx("optimizer step")?;
+        let grad_norm = self.clip_and_step(optimizer, &mut grads, lr)?;
         Ok(StepStats {
             loss_sum,
             target_tokens,
@@ -393,11 +389,7 @@ impl Engine {
             let store = backward_with(&normed, &grad_normed).ctx("backward")?;
             self.accumulate(&store, &mut grads)?;
         }
-        let grad_norm = match self.max_grad_norm {
-            Some(max) => Some(clip_grad_norm(&mut grads, max).ctx("clipping gradients")?),
-            None => None,
-        };
-        optimizer.step(&grads, lr).ctx("optimizer step")?;
+        let grad_norm = self.clip_and_step(optimizer, &mut grads, lr)?;
         Ok(StepStats {
             loss_sum,
             target_tokens,
@@ -405,6 +397,22 @@ impl Engine {
             grad_norm,
             applied: true,
         })
+    }
+
+    /// The end of a whole-graph step: clips the accumulated gradients when configured (returning the norm before
+    /// clipping), then applies one optimiser step.
+    fn clip_and_step(
+        &self,
+        optimizer: &mut AdamW,
+        grads: &mut [Option<Tensor>],
+        lr: f64,
+    ) -> Result<Option<f64>, TrainError> {
+        let grad_norm = match self.max_grad_norm {
+            Some(max) => Some(clip_grad_norm(grads, max).ctx("clipping gradients")?),
+            None => None,
+        };
+        optimizer.step(grads, lr).ctx("optimizer step")?;
+        Ok(grad_norm)
     }
 
     /// Adds every trainable variable's gradient in `store` to `grads`; other entries (frozen operands) are dropped
