@@ -31,12 +31,9 @@ pub enum Command {
     Merge(MergeArgs),
 }
 
-/// Arguments of `eval score`.
+/// The options every scoring command takes.
 #[derive(Debug, Args)]
-pub struct ScoreArgs {
-    /// The predictions file (its directory must hold the eval.json written with it).
-    #[arg(long, value_name = "FILE")]
-    pub predictions: PathBuf,
+pub struct ScoringArgs {
     /// Kubernetes schema directory for the schema-validity extra
     /// [default: $KUBETUNE_ASSETS or .cache/assets, then k8s-schemas/v1.37.0-local-strict].
     #[arg(long, value_name = "DIR")]
@@ -51,23 +48,26 @@ pub struct ScoreArgs {
     pub zip_password: Option<String>,
 }
 
+/// Arguments of `eval score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The predictions file (its directory must hold the eval.json written with it).
+    #[arg(long, value_name = "FILE")]
+    pub predictions: PathBuf,
+    /// Schema directory and data password, shared by every subcommand that scores.
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+}
+
 /// Arguments of `eval merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
     /// The results directory holding the shard files and eval.json, e.g. results/<run>.
     #[arg(long, value_name = "DIR")]
     pub run: PathBuf,
-    /// Kubernetes schema directory for the schema-validity extra (default as for `eval score`).
-    #[arg(long, value_name = "DIR")]
-    pub schemas: Option<PathBuf>,
-    /// Password of a CloudEval data.zip named by the plan's data.path (never written anywhere).
-    #[arg(
-        long,
-        env = "CLOUDEVAL_ZIP_PASSWORD",
-        hide_env_values = true,
-        value_name = "PASSWORD"
-    )]
-    pub zip_password: Option<String>,
+    /// Schema directory and data password, shared by every subcommand that scores.
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
 }
 
 /// What to evaluate and how.
@@ -112,15 +112,7 @@ pub struct PredictArgs {
     /// Evaluate only the first N rows of the split (quick checks and benchmarks).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// Kubernetes schema directory for the schema-validity extra (default as for `eval score`).
-    #[arg(long, value_name = "DIR")]
-    pub schemas: Option<PathBuf>,
-    /// Password of a CloudEval data.zip named by the plan's data.path (never written anywhere).
-    #[arg(
-        long,
-        env = "CLOUDEVAL_ZIP_PASSWORD",
-        hide_env_values = true,
-        value_name = "PASSWORD"
-    )]
-    pub zip_password: Option<String>,
+    /// Schema directory and data password, shared by every subcommand that scores.
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
 }

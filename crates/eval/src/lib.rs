@@ -79,10 +79,14 @@ pub fn run(cli: Cli, progress: &mut dyn Progress) -> Result<Outcome, EvalError> 
     match cli.command {
         Some(Command::Score(args)) => rescore(
             &args.predictions,
-            args.schemas.as_deref(),
-            args.zip_password,
+            args.scoring.schemas.as_deref(),
+            args.scoring.zip_password,
         ),
-        Some(Command::Merge(args)) => merge(&args.run, args.schemas.as_deref(), args.zip_password),
+        Some(Command::Merge(args)) => merge(
+            &args.run,
+            args.scoring.schemas.as_deref(),
+            args.scoring.zip_password,
+        ),
         None => predict(cli.predict, progress),
     }
 }
@@ -90,7 +94,7 @@ pub fn run(cli: Cli, progress: &mut dyn Progress) -> Result<Outcome, EvalError> 
 /// Predicts every (shard's) row that is not yet in the predictions file, then scores unless sharded.
 pub fn predict(args: PredictArgs, progress: &mut dyn Progress) -> Result<Outcome, EvalError> {
     let (plan, plan_origin, run_dir) = read_plan(&args)?;
-    let rows = plan::split_rows(&plan, args.zip_password.clone())?;
+    let rows = plan::split_rows(&plan, args.scoring.zip_password.clone())?;
     let spec = eval_spec(&args, &plan, plan_origin, run_dir, &rows)?;
     let results_root = args
         .results_dir
@@ -158,7 +162,7 @@ pub fn predict(args: PredictArgs, progress: &mut dyn Progress) -> Result<Outcome
                 &rows.split,
                 &test_rows,
                 &predictions,
-                args.schemas.as_deref(),
+                args.scoring.schemas.as_deref(),
             )?;
             Ok(Outcome::Scored {
                 dir,
