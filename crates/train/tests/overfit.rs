@@ -85,17 +85,7 @@ fn lora_overfits_one_batch_and_leaves_the_base_bit_identical() {
         r: 16,
         alpha: 32.0,
         dropout: 0.0,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        target_modules: model::lora::LINEAR_MODULES.map(String::from).to_vec(),
     };
     let lm = model::CausalLm::load(
         &tiny_model(),

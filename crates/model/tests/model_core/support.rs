@@ -59,17 +59,7 @@ pub fn lora_all() -> LoraConfig {
         r: 4,
         alpha: 8.0,
         dropout: 0.1,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        target_modules: model::lora::LINEAR_MODULES.map(String::from).to_vec(),
     }
 }
 

@@ -81,17 +81,7 @@ fn lora_adapter_and_full_checkpoint_export_for_peft() {
         r: 4,
         alpha: 8.0,
         dropout: 0.0,
-        target_modules: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        target_modules: model::lora::LINEAR_MODULES.map(String::from).to_vec(),
     };
     let model = CausalLm::load(
         &base,
