@@ -26,6 +26,7 @@ use task::{Row, TrainPlan};
 
 use crate::EvalError;
 use crate::plan::GenerationSpec;
+use crate::predictions::{Decoding, prediction_for};
 use crate::progress::Progress;
 
 /// A loaded model and tokenizer, ready to predict rows.
@@ -206,20 +207,17 @@ impl Generator {
                         })?;
                 let raw_output = cut_at_stop(&decoded, &self.stop).to_owned();
                 batch_tokens += generation.ids.len() as u64;
-                let prediction = Prediction {
-                    row_id: row.row_id.clone(),
-                    problem_id: row.problem_id.clone(),
-                    variant: row.variant,
-                    lib: row.lib.clone(),
-                    category: row.category.clone(),
-                    prompt: prompt.clone(),
-                    extracted: metrics::extract::extract(&raw_output),
+                let prediction = prediction_for(
+                    row,
+                    prompt.clone(),
                     raw_output,
-                    prompt_tokens: count(ids.len()),
-                    generated_tokens: count(generation.ids.len()),
-                    seconds,
-                    stopped: generation.stopped,
-                };
+                    Decoding {
+                        prompt_tokens: count(ids.len()),
+                        generated_tokens: count(generation.ids.len()),
+                        seconds,
+                        stopped: generation.stopped,
+                    },
+                );
                 sink(&prediction)?;
             }
             progress.advance(batch.len(), batch_tokens, seconds * batch.len() as f64);

@@ -370,20 +370,17 @@ fn predict_baseline(
     for row in pending {
         let started = std::time::Instant::now();
         let raw_output = baseline::answer(baseline, &row.question, &nearest);
-        let prediction = Prediction {
-            row_id: row.row_id.clone(),
-            problem_id: row.problem_id.clone(),
-            variant: row.variant,
-            lib: row.lib.clone(),
-            category: row.category.clone(),
-            prompt: plan.prompt.template.render(&row.question, row.variant),
-            extracted: metrics::extract::extract(&raw_output),
+        let prediction = predictions::prediction_for(
+            row,
+            plan.prompt.template.render(&row.question, row.variant),
             raw_output,
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            seconds: started.elapsed().as_secs_f64(),
-            stopped: false,
-        };
+            predictions::Decoding {
+                prompt_tokens: 0,
+                generated_tokens: 0,
+                seconds: started.elapsed().as_secs_f64(),
+                stopped: false,
+            },
+        );
         append(&prediction)?;
         progress.advance(1, 0, prediction.seconds);
     }

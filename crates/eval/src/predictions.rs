@@ -18,6 +18,42 @@ use crate::EvalError;
 use crate::jsonl::{read_append_log, truncate_to};
 use crate::shard::Shard;
 
+/// How one row's answer was produced: token counts (0 for a baseline), time, and whether it stopped by itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoding {
+    /// Prompt tokens given to the model.
+    pub prompt_tokens: u32,
+    /// Tokens generated (EOS excluded).
+    pub generated_tokens: u32,
+    /// Seconds spent on the row.
+    pub seconds: f64,
+    /// The model emitted EOS or a stop string.
+    pub stopped: bool,
+}
+
+/// The record of one answered row; the YAML is extracted from the raw output as the CloudEval harness does.
+pub fn prediction_for(
+    row: &Row,
+    prompt: String,
+    raw_output: String,
+    decoding: Decoding,
+) -> Prediction {
+    Prediction {
+        row_id: row.row_id.clone(),
+        problem_id: row.problem_id.clone(),
+        variant: row.variant,
+        lib: row.lib.clone(),
+        category: row.category.clone(),
+        prompt,
+        extracted: metrics::extract::extract(&raw_output),
+        raw_output,
+        prompt_tokens: decoding.prompt_tokens,
+        generated_tokens: decoding.generated_tokens,
+        seconds: decoding.seconds,
+        stopped: decoding.stopped,
+    }
+}
+
 /// Predictions found in a file, keyed by row id, each with its line number.
 #[derive(Debug, Clone, Default)]
 pub struct Finished {
