@@ -318,6 +318,12 @@ fn dropout_apply<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
     out
 }
 
+impl crate::ops::RowKernel for DropoutOp {
+    fn apply<T: crate::ops::num_float::Float>(&self, x: &[T], _width: usize) -> Vec<T> {
+        dropout_apply(x, self.start, self.keep)
+    }
+}
+
 impl CustomOp1 for DropoutOp {
     fn name(&self) -> &'static str {
         "dropout-regenerated-mask"
@@ -328,15 +334,7 @@ impl CustomOp1 for DropoutOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((lo, hi)) = layout.contiguous_offsets() else {
-            candle_core::bail!("dropout: input must be contiguous")
-        };
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(dropout_apply(&v[lo..hi], self.start, self.keep)),
-            CpuStorage::F64(v) => CpuStorage::F64(dropout_apply(&v[lo..hi], self.start, self.keep)),
-            _ => candle_core::bail!("dropout: only f32/f64 on the CPU"),
-        };
-        Ok((out, layout.shape().clone()))
+        crate::ops::row_cpu_fwd(self.name(), self, storage, layout)
     }
 
     fn bwd(

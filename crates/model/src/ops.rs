@@ -344,6 +344,32 @@ fn contiguous_slice<'a, T: WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// A kernel over one contiguous input, written once for f32 and f64; the output has the input's shape.
+pub(crate) trait RowKernel {
+    /// Applies the kernel; `width` is the size of the last dimension.
+    fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T>;
+}
+
+/// The CPU forward shared by the one-input, same-shape fused ops (f32/f64, contiguous input).
+pub(crate) fn row_cpu_fwd(
+    op: &str,
+    kernel: &impl RowKernel,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let width = layout.dims().last().copied().unwrap_or(1).max(1);
+    let out = match storage {
+        CpuStorage::F32(_) => {
+            CpuStorage::F32(kernel.apply(contiguous_slice::<f32>(storage, layout, op)?, width))
+        }
+        CpuStorage::F64(_) => {
+            CpuStorage::F64(kernel.apply(contiguous_slice::<f64>(storage, layout, op)?, width))
+        }
+        _ => candle_core::bail!("{op}: only f32/f64 on the CPU"),
+    };
+    Ok((out, layout.shape().clone()))
+}
+
 /// A kernel over two same-shaped contiguous inputs, written once for f32 and f64.
 trait PairKernel {
     /// Applies the kernel; `width` is the size of the last dimension.
@@ -435,6 +461,12 @@ fn rms_normalize_backward_rows<T: num_float::Float>(
     out
 }
 
+impl RowKernel for RmsNormalize {
+    fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T> {
+        rms_normalize_rows(x, width, self.eps)
+    }
+}
+
 impl CustomOp1 for RmsNormalize {
     fn name(&self) -> &'static str {
         "rms-normalize"
@@ -445,21 +477,7 @@ impl CustomOp1 for RmsNormalize {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        let out = match storage {
-            CpuStorage::F32(_) => CpuStorage::F32(rms_normalize_rows(
-                contiguous_slice::<f32>(storage, layout, self.name())?,
-                width,
-                self.eps,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(rms_normalize_rows(
-                contiguous_slice::<f64>(storage, layout, self.name())?,
-                width,
-                self.eps,
-            )),
-            _ => candle_core::bail!("rms-normalize: only f32/f64 on the CPU"),
-        };
-        Ok((out, layout.shape().clone()))
+        row_cpu_fwd(self.name(), self, storage, layout)
     }
 
     fn bwd(
@@ -1159,7 +1177,7 @@ pub fn scaled_masked_softmax(
 }
 
 /// The little float interface [`softmax_rows`] needs, for f32 and f64.
-mod num_float {
+pub(crate) mod num_float {
     pub trait Float:
         Copy
         + Send
