@@ -49,9 +49,12 @@ struct Args {
     quiet: bool,
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // SAFETY: the first statement of main, before any thread is started.
+    unsafe { model::device::set_cpu_runtime_defaults() };
     let args = Args::parse();
-    match run(args) {
+    match model::device::on_compute_pool(|| run(args)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
