@@ -679,10 +679,14 @@ impl CausalLm {
         Ok(rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?)
     }
 
+    /// The weight `lm_head` multiplies by: `lm_head.weight`, or the embeddings when tied.
+    pub fn head_weight(&self) -> &Param {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// `hidden (..., hidden_size)` → f32 logits (f64 for an f64 model) `(..., vocab)` (tied to the embeddings when configured).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let logits = head.matmul_t(hidden)?;
+        let logits = self.head_weight().matmul_t(hidden)?;
         // f32 logits for every model dtype but f64 (kept for finite-difference tests).
         Ok(if logits.dtype() == DType::F64 {
             logits

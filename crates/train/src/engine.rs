@@ -88,9 +88,17 @@ fn phase_of(name: &str) -> Phase {
     }
 }
 
-/// Rows of the `(rows, vocab)` logits computed at once by the chunked head: about 8 M logits (32 MiB f32).
-fn head_chunk_rows(vocab: usize) -> usize {
-    ((8usize << 20) / vocab.max(1)).max(1)
+/// Rows of the `(rows, vocab)` logits computed at once by the chunked head: about 8 M logits (32 MiB f32), or,
+/// when the head's weight is trained, as many rows as the hidden size, so a chunk's logits are no larger than the
+/// `(vocab, hidden)` weight gradient that every chunk's backward produces and adds up (with 8 M logits per chunk,
+/// SmolLM2's full fine-tuning spent a fifth of its step building and summing such gradients).
+fn head_chunk_rows(vocab: usize, hidden: usize, head_trained: bool) -> usize {
+    let bounded = ((8usize << 20) / vocab.max(1)).max(1);
+    if head_trained {
+        bounded.max(hidden)
+    } else {
+        bounded
+    }
 }
 
 /// Runs training steps for one model and optimiser.
@@ -268,9 +276,12 @@ impl Engine {
         })
     }
 
-    /// `lm_head` + masked loss over the normed hidden states `(b, t, hidden)` in row chunks. Each chunk's loss
-    /// (scaled by `scale`) is backpropagated at once: head-parameter gradients go into `grads`, and the gradient for
-    /// the hidden states is summed and returned with the batch's Σ token NLL.
+    /// `lm_head` + masked loss over the normed hidden states `(b, t, hidden)`. Only the positions that predict a
+    /// target token reach `lm_head` (prompt and padding positions would get logits the loss multiplies by zero —
+    /// about half of all positions on CloudEval-style rows, and `lm_head` is the largest matmul of a small model);
+    /// they go through in row chunks, and each chunk's loss (scaled by `scale`) is backpropagated at once:
+    /// head-parameter gradients go into `grads`, and the gradient for the hidden states is summed and returned with
+    /// the batch's Σ token NLL.
     fn chunked_head(
         &self,
         lm: &model::CausalLm,
@@ -282,41 +293,65 @@ impl Engine {
         let normed_var = Var::from_tensor(&normed.detach()).ctx("head input")?;
         let (b, t, width) = normed.dims3().ctx("hidden shape")?;
         let n = b * (t - 1);
-        let rows = normed_var
-            .as_tensor()
-            .narrow(1, 0, t - 1)
-            .and_then(|x| x.reshape((n, width)))
-            .ctx("head rows")?;
-        let targets = batch.targets.reshape(n).ctx("targets")?;
-        let mask = batch.target_mask.reshape(n).ctx("target mask")?;
-        let chunk = head_chunk_rows(lm.config().vocab_size);
+        let weights: Vec<f32> = batch
+            .target_mask
+            .reshape(n)
+            .and_then(|m| m.to_dtype(candle_core::DType::F32))
+            .and_then(|m| m.to_vec1())
+            .ctx("target mask")?;
+        let all_targets: Vec<u32> = batch
+            .targets
+            .reshape(n)
+            .and_then(|x| x.to_vec1())
+            .ctx("targets")?;
+        let picked: Vec<u32> = (0..n as u32)
+            .filter(|&i| weights[i as usize] != 0.0)
+            .collect();
+        let device = normed.device();
         let mut loss_sum = 0f64;
         let mut grad_normed: Option<Tensor> = None;
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let logits = lm
-                .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
-                .map_err(model_err("lm_head"))?;
-            let nll = loss::nll_rows(
-                &logits,
-                &targets.narrow(0, start, len).ctx("head chunk")?,
-                &mask.narrow(0, start, len).ctx("head chunk")?,
-            )
-            .ctx("loss")?;
-            loss_sum += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
-            let store = (nll * scale)
-                .ctx("scaling the loss")?
-                .backward()
-                .ctx("head backward")?;
-            self.accumulate(&store, grads)?;
-            if let Some(g) = store.get(normed_var.as_tensor()) {
-                grad_normed = Some(match grad_normed.take() {
-                    Some(sum) => (sum + g).ctx("accumulating the head gradient")?,
-                    None => g.clone(),
-                });
+        if !picked.is_empty() {
+            let rows = normed_var
+                .as_tensor()
+                .narrow(1, 0, t - 1)
+                .and_then(|x| x.reshape((n, width)))
+                .and_then(|x| x.index_select(&Tensor::new(picked.as_slice(), device)?, 0))
+                .ctx("head rows")?;
+            let head_trained = lm.head_weight().is_trainable();
+            let chunk = head_chunk_rows(
+                lm.config().vocab_size,
+                lm.config().hidden_size,
+                head_trained,
+            );
+            let mut start = 0;
+            while start < picked.len() {
+                let len = chunk.min(picked.len() - start);
+                let span = &picked[start..start + len];
+                let targets: Vec<u32> = span.iter().map(|&i| all_targets[i as usize]).collect();
+                let mask: Vec<f32> = span.iter().map(|&i| weights[i as usize]).collect();
+                let logits = lm
+                    .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
+                    .map_err(model_err("lm_head"))?;
+                let nll = loss::nll_rows(
+                    &logits,
+                    &Tensor::new(targets.as_slice(), device).ctx("head chunk")?,
+                    &Tensor::new(mask.as_slice(), device).ctx("head chunk")?,
+                )
+                .ctx("loss")?;
+                loss_sum += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
+                let store = (nll * scale)
+                    .ctx("scaling the loss")?
+                    .backward()
+                    .ctx("head backward")?;
+                self.accumulate(&store, grads)?;
+                if let Some(g) = store.get(normed_var.as_tensor()) {
+                    grad_normed = Some(match grad_normed.take() {
+                        Some(sum) => (sum + g).ctx("accumulating the head gradient")?,
+                        None => g.clone(),
+                    });
+                }
+                start += len;
             }
-            start += len;
         }
         let grad_normed = match grad_normed {
             Some(g) => g,
@@ -468,8 +503,10 @@ mod tests {
 
     #[test]
     fn head_chunks_bound_the_logits_held_at_once() {
-        assert_eq!(head_chunk_rows(512), 16_384);
-        assert_eq!(head_chunk_rows(128_256), 65);
-        assert_eq!(head_chunk_rows(0), 8 << 20);
+        assert_eq!(head_chunk_rows(512, 64, false), 16_384);
+        assert_eq!(head_chunk_rows(128_256, 4096, false), 65);
+        assert_eq!(head_chunk_rows(0, 64, false), 8 << 20);
+        assert_eq!(head_chunk_rows(128_256, 4096, true), 4096);
+        assert_eq!(head_chunk_rows(512, 64, true), 16_384);
     }
 }

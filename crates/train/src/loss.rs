@@ -5,7 +5,7 @@
 //! gradient-accumulation group, so every completion token weighs the same however the rows fall into
 //! micro-batches (sum over micro-batches / total target tokens).
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// `Σ target_mask · (−log softmax(logits)[target])` for `logits (b, t, V)` (any float dtype; computed in f32),
 /// `targets (b, t−1)` u32 (`input_ids[:, 1:]`) and `target_mask (b, t−1)` f32. Position `j` predicts `j + 1`,
@@ -20,14 +20,11 @@ pub fn masked_nll_sum(logits: &Tensor, targets: &Tensor, target_mask: &Tensor) -
     )
 }
 
-/// The same sum over flat rows: `logits (n, V)`, `targets (n,)` u32, `mask (n,)` f32.
+/// The same sum over flat rows: `logits (n, V)`, `targets (n,)` u32, `mask (n,)` f32. On the CPU this is
+/// `model`'s fused loss, which reads the logits once forward and once backward and keeps no `(n, V)`
+/// intermediate.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let logits = logits.to_dtype(DType::F32)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs
-        .gather(&targets.unsqueeze(1)?.contiguous()?, 1)?
-        .squeeze(1)?;
-    (picked * mask.to_dtype(DType::F32)?)?.sum_all()?.neg()
+    model::ops::masked_nll_rows(logits, targets, mask)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 
 /// Values per quantisation block of the int8 moments.
 pub const INT8_BLOCK: usize = 256;
@@ -95,13 +96,17 @@ impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
         let mut params = Vec::with_capacity(vars.len());
         for (name, var) in vars {
-            let zeros = Tensor::zeros(
-                var.shape(),
-                DType::F32,
-                &moment_device(&config, var.device()),
-            )?;
-            let first = encode(&zeros, config.moments, Kind::First)?;
-            let second = encode(&zeros, config.moments, Kind::Second)?;
+            // One zero tensor per moment: the fused CPU step updates them in place, so they must not share
+            // storage (an f32 `encode` of an f32 tensor is the same storage).
+            let zeros = || {
+                Tensor::zeros(
+                    var.shape(),
+                    DType::F32,
+                    &moment_device(&config, var.device()),
+                )
+            };
+            let first = encode(&zeros()?, config.moments, Kind::First)?;
+            let second = encode(&zeros()?, config.moments, Kind::Second)?;
             params.push(ParamState {
                 name,
                 var,
@@ -150,6 +155,13 @@ impl AdamW {
         let t = self.step.max(1) as i32;
         let state = &mut self.params[index];
         let param_device = state.var.device().clone();
+        if moments == MomentFormat::F32
+            && param_device.is_cpu()
+            && state.var.dtype() == DType::F32
+            && let (Moment::Dense(m), Moment::Dense(v)) = (&state.first, &state.second)
+        {
+            return fused_cpu_step(&self.config, state.var.as_tensor(), m, v, grad, t, lr);
+        }
         let moment_dev = moment_device(&self.config, &param_device);
         let shape = state.var.shape().clone();
         let grad = grad.to_device(&moment_dev)?.to_dtype(DType::F32)?;
@@ -236,6 +248,163 @@ impl AdamW {
             }
         }
         self.step = steps_done;
+        Ok(())
+    }
+}
+
+/// Elements per rayon task in the fused CPU update.
+const FUSED_CHUNK: usize = 1 << 16;
+
+/// The CPU update of an f32 parameter with f32 moments, in place, in three passes over memory (`m`, `v`, then the
+/// parameter) instead of a dozen whole-tensor temporaries. Each pass repeats the f32 arithmetic of the composed
+/// tensor path above operation for operation (candle's scalar ops are `x·mul + add` in the tensor dtype), so both
+/// paths give the same values (up to the sign of a zero moment).
+fn fused_cpu_step(
+    config: &AdamWConfig,
+    param: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    grad: &Tensor,
+    t: i32,
+    lr: f64,
+) -> Result<()> {
+    let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+    let (b1, b2) = (config.beta1, config.beta2);
+    m.inplace_op2(
+        &grad,
+        &MomentPass {
+            decay: b1 as f32,
+            gain: (1.0 - b1) as f32,
+            square: false,
+        },
+    )?;
+    v.inplace_op2(
+        &grad,
+        &MomentPass {
+            decay: b2 as f32,
+            gain: (1.0 - b2) as f32,
+            square: true,
+        },
+    )?;
+    param.inplace_op3(
+        m,
+        v,
+        &ParamPass {
+            inv_bias1: (1.0 / (1.0 - b1.powi(t))) as f32,
+            inv_bias2: (1.0 / (1.0 - b2.powi(t))) as f32,
+            eps: config.eps as f32,
+            keep: (1.0 - lr * config.weight_decay) as f32,
+            lr: lr as f32,
+        },
+    )
+}
+
+/// The contiguous f32 elements a layout addresses.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+fn f32_slice_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
+    }
+}
+
+/// `moment ← moment·decay + g·gain` (or `g²·gain` for the second moment).
+struct MomentPass {
+    decay: f32,
+    gain: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for MomentPass {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let moment = f32_slice_mut(s1, l1, self.name())?;
+        let grad = f32_slice(s2, l2, self.name())?;
+        if moment.len() != grad.len() {
+            candle_core::bail!(
+                "adamw: moment of {} values, gradient of {}",
+                moment.len(),
+                grad.len()
+            );
+        }
+        let (decay, gain, square) = (self.decay, self.gain, self.square);
+        moment
+            .par_chunks_mut(FUSED_CHUNK)
+            .zip(grad.par_chunks(FUSED_CHUNK))
+            .for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if square { g * g } else { g };
+                    *m = *m * decay + g * gain;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `p ← p·keep − lr·(m·inv_bias1) / (√(v·inv_bias2) + eps)`.
+struct ParamPass {
+    inv_bias1: f32,
+    inv_bias2: f32,
+    eps: f32,
+    keep: f32,
+    lr: f32,
+}
+
+impl InplaceOp3 for ParamPass {
+    fn name(&self) -> &'static str {
+        "adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let param = f32_slice_mut(s1, l1, self.name())?;
+        let m = f32_slice(s2, l2, self.name())?;
+        let v = f32_slice(s3, l3, self.name())?;
+        if m.len() != param.len() || v.len() != param.len() {
+            candle_core::bail!("adamw: parameter and moments differ in size");
+        }
+        let Self {
+            inv_bias1,
+            inv_bias2,
+            eps,
+            keep,
+            lr,
+        } = *self;
+        param
+            .par_chunks_mut(FUSED_CHUNK)
+            .zip(m.par_chunks(FUSED_CHUNK).zip(v.par_chunks(FUSED_CHUNK)))
+            .for_each(|(p, (m, v))| {
+                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
+                    let update = (m * inv_bias1) / ((v * inv_bias2).sqrt() + eps);
+                    *p = *p * keep - update * lr;
+                }
+            });
         Ok(())
     }
 }
