@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod llama;
 pub mod lora;

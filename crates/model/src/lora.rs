@@ -239,6 +239,33 @@ impl Linear {
             return Ok(y);
         };
         let xf = x.to_dtype(ad.a.dtype())?;
+        if let Param::Frozen(w) = &self.weight
+            && xf.track_op()
+            && crate::fused::lora_linear_applies(&xf, ad.a.as_tensor())
+        {
+            // One graph node for the whole module (see `fused`): nothing output-sized is kept for backward.
+            let dims = xf.dims().to_vec();
+            let k = dims[dims.len() - 1];
+            let x2 = xf.reshape((xf.elem_count() / k, k))?;
+            let mask = (train && ad.dropout > 0.0)
+                .then(|| DropoutMask::draw(ad.dropout, x2.elem_count(), rng));
+            let mut out = dims[..dims.len() - 1].to_vec();
+            out.push(w.dim(0)?);
+            let w = if w.dtype() == xf.dtype() {
+                w.clone()
+            } else {
+                w.to_dtype(xf.dtype())?
+            };
+            let y = crate::fused::lora_linear(
+                &x2,
+                &w,
+                ad.a.as_tensor(),
+                ad.b.as_tensor(),
+                ad.scale,
+                mask,
+            )?;
+            return y.reshape(out)?.to_dtype(x.dtype());
+        }
         let xd = if train && ad.dropout > 0.0 {
             dropout(&xf, ad.dropout, rng)?
         } else {
@@ -271,17 +298,39 @@ impl Linear {
     }
 }
 
+/// A dropout mask by its generator state: element `i` is kept (scaled by `1/keep`) when draw `i` from `start` is
+/// below `keep`. The mask itself is never stored on the CPU: it is regenerated wherever it is applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutMask {
+    start: u64,
+    keep: f32,
+}
+
+impl DropoutMask {
+    /// Draws the mask of `n` elements with drop probability `p` (advances `rng` past `n` draws).
+    pub fn draw(p: f64, n: usize, rng: &SeededRng) -> Self {
+        DropoutMask {
+            start: rng.skip(n),
+            keep: 1.0 - p as f32,
+        }
+    }
+}
+
 /// Inverted dropout with a mask drawn from `rng` (kept values scaled by `1/(1-p)`); the mask is a constant.
 /// The generator is counter-based (SplitMix64), so on the CPU the mask is never stored: the op remembers the
 /// generator state it started from and regenerates the mask in backward (same values as drawing
 /// `rng.uniform(n)`).
 pub fn dropout(x: &Tensor, p: f64, rng: &SeededRng) -> candle_core::Result<Tensor> {
-    let keep = 1.0 - p as f32;
-    let n = x.elem_count();
-    let start = rng.skip(n);
+    dropout_with(x, DropoutMask::draw(p, x.elem_count(), rng))
+}
+
+/// `x ⊙ mask` for a mask drawn by [`DropoutMask::draw`] over `x`'s element count.
+pub fn dropout_with(x: &Tensor, mask: DropoutMask) -> candle_core::Result<Tensor> {
+    let DropoutMask { start, keep } = mask;
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
         return x.contiguous()?.apply_op1(DropoutOp { start, keep });
     }
+    let n = x.elem_count();
     let mask: Vec<f32> = (0..n).map(|i| dropout_factor(start, i, keep)).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     crate::ops::const_mul(x, &mask)
