@@ -53,7 +53,14 @@ impl Progress for Bar {
     }
 }
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // SAFETY: the first statement of main, before any thread is started.
+    unsafe { model::device::set_cpu_runtime_defaults() };
+    model::device::on_compute_pool(run)
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     let mut bar = Bar {
         bar: None,
