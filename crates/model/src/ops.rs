@@ -282,7 +282,13 @@ impl Param {
                 let k = dims.pop().unwrap_or(1);
                 let m = x.elem_count() / k.max(1);
                 dims.push(w.dim(0)?);
-                x.reshape((m, k))?.matmul(&w.t()?)?.reshape(dims)
+                let x2 = x.reshape((m, k))?;
+                let y = if x2.device().is_cpu() && x2.dtype() == w.dtype() {
+                    crate::fused::trained_linear(&x2, w)?
+                } else {
+                    x2.matmul(&w.t()?)?
+                };
+                y.reshape(dims)
             }
         }
     }
