@@ -730,6 +730,19 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         })
     };
 
+    if state.finished && state.step < total_steps {
+        // A run that ended on its step cap closed its last epoch record and ran its learning-rate schedule to that
+        // cap; continuing it would not be the run a larger cap gives from the start.
+        return Err(TrainError::Resume {
+            path: paths.current.clone(),
+            reason: format!(
+                "run `{}` already finished at step {} (its step cap then); a finished run cannot be extended to \
+                 {total_steps} steps: its last epoch record and learning-rate schedule were closed at that step. \
+                 Start a new run (another output.run) with the larger cap",
+                plan.output.run, state.step
+            ),
+        });
+    }
     while !state.finished && state.epoch <= plan.optim.epochs && state.step < total_steps {
         let epoch = state.epoch;
         let order = batch::epoch_order(data.train.len(), plan.optim.seed, epoch, true);

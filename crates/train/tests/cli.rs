@@ -150,6 +150,13 @@ fn an_existing_run_is_never_overwritten_and_resume_needs_the_same_plan() {
         "{}",
         stderr(&again)
     );
+    let extended = train(&["--config", &path, "--quiet", "--resume", "--max-steps", "3"]);
+    assert_eq!(extended.status.code(), Some(2));
+    assert!(
+        stderr(&extended).contains("cannot be extended"),
+        "{}",
+        stderr(&extended)
+    );
     let text = std::fs::read_to_string(&config)
         .expect("config")
         .replace("lr = 1e-3", "lr = 2e-3");
