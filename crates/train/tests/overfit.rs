@@ -9,9 +9,9 @@ use train::optim::{AdamW, AdamWConfig, MomentFormat};
 
 use crate::support::{tiny_data, tiny_model};
 
-/// Two rows of the tiny dataset, encoded as the trainer encodes them.
-fn one_batch() -> Batch {
-    let codec = model::text::TextCodec::from_dir(&tiny_model()).expect("tokenizer");
+/// Two rows of the tiny dataset, encoded as the trainer encodes them with the tokenizer of the model in `dir`.
+fn one_batch(dir: &std::path::Path) -> Batch {
+    let codec = model::text::TextCodec::from_dir(dir).expect("tokenizer");
     let problems = task::load(&tiny_data(), &task::LoadOptions::default()).expect("data");
     // The two shortest problems: a few dozen target tokens the tiny model can memorise.
     let rows: Vec<TokenRow> = problems
@@ -45,9 +45,9 @@ fn adamw() -> AdamWConfig {
     }
 }
 
-/// Trains `steps` steps on one batch; returns the per-step mean losses.
-fn overfit(lm: &model::CausalLm, lr: f64, steps: usize) -> Vec<f64> {
-    let batch = one_batch();
+/// Trains `steps` steps on one batch (tokenized for the model in `dir`); returns the per-step mean losses.
+fn overfit(lm: &model::CausalLm, dir: &std::path::Path, lr: f64, steps: usize) -> Vec<f64> {
+    let batch = one_batch(dir);
     let mut optimizer = AdamW::new(lm.trainable_vars(), adamw()).expect("optimizer");
     let engine = Engine::new(&optimizer, &MemorySection::default(), None);
     (0..steps)
@@ -71,7 +71,7 @@ fn full_fine_tuning_overfits_one_batch() {
         3,
     )
     .expect("model");
-    let losses = overfit(&lm, 3e-3, 40);
+    let losses = overfit(&lm, &tiny_model(), 3e-3, 40);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(
         last < 0.1 * first,
@@ -96,7 +96,7 @@ fn lora_overfits_one_batch_and_leaves_the_base_bit_identical() {
     )
     .expect("model");
     let before: Vec<(String, Vec<f32>)> = sorted_base(&lm);
-    let losses = overfit(&lm, 1e-2, 80);
+    let losses = overfit(&lm, &tiny_model(), 1e-2, 80);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     // The tiny fixture's frozen lm_head (rows of norm ≈ 0.8) and final norm (|h| = 8) bound every logit by ≈ 6.4
     // while the 511 other logits spread with σ ≈ 0.8, so no adapter can push the loss below ≈ 0.6–0.9 nats (it
@@ -113,6 +113,48 @@ fn lora_overfits_one_batch_and_leaves_the_base_bit_identical() {
             "base tensor {name} changed"
         );
     }
+}
+
+/// The paper's LoRA (r 16, α 16, q/k/v/o) on real pretrained weights (SmolLM2-135M-Instruct from the fetched GGUF),
+/// whose head is not the tiny fixture's bottleneck: the loss on one batch falls by more than 90% within 12 steps
+/// (measured: 2.707 → 0.0069 after 10 steps, 0.0005 after 30).
+#[test]
+fn paper_lora_overfits_one_batch_of_a_pretrained_model() {
+    let assets = std::env::var_os("KUBETUNE_ASSETS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/assets"),
+        std::path::PathBuf::from,
+    );
+    let gguf = assets.join("smollm2-135m-instruct.gguf");
+    assert!(
+        gguf.exists(),
+        "{} is missing: run scripts/fetch-assets.sh (or point KUBETUNE_ASSETS at the assets root)",
+        gguf.display()
+    );
+    let converted = tempfile::tempdir().expect("temp dir");
+    let dir = model::source::ModelSource::Gguf(gguf)
+        .resolve(&model::source::ResolveOptions {
+            converted_dir: Some(converted.path().to_owned()),
+            ..model::source::ResolveOptions::default()
+        })
+        .expect("converts the GGUF");
+    let lora = model::LoraConfig {
+        dropout: 0.0,
+        ..model::LoraConfig::default()
+    };
+    let lm = model::CausalLm::load(
+        &dir,
+        DType::F32,
+        &Device::Cpu,
+        &model::Trainable::Lora(lora),
+        3,
+    )
+    .expect("model");
+    let losses = overfit(&lm, &dir, 2e-3, 12);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.1 * first,
+        "LoRA loss {first:.4} → {last:.4} (want a > 90% drop): {losses:?}"
+    );
 }
 
 fn sorted_base(lm: &model::CausalLm) -> Vec<(String, Vec<f32>)> {
