@@ -608,7 +608,7 @@ impl CausalLm {
             .layers
             .get(layer)
             .ok_or_else(|| Error::Input(format!("no layer {layer}")))?;
-        Ok(self.block_inner(block, hidden, ctx, None, train)?)
+        Ok(self.block_inner(block, hidden, ctx, None, train, &self.rng)?)
     }
 
     fn block_inner(
@@ -618,13 +618,13 @@ impl CausalLm {
         ctx: &ForwardContext,
         cache: Option<(&mut LayerKv, usize)>,
         train: bool,
+        rng: &SeededRng,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let (b, t, _) = x.dims3()?;
         let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let groups = nh / kvh;
-        let rng = &self.rng;
 
         let h = rms_norm(x, &block.input_layernorm, eps)?;
         let a = &block.self_attn;
@@ -715,11 +715,23 @@ impl CausalLm {
         attention_mask: &Tensor,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_hidden_with(input_ids, attention_mask, train, &self.rng)
+    }
+
+    /// [`CausalLm::forward_hidden`] drawing its dropout masks from `rng` instead of the model's generator (see
+    /// [`SeededRng::row_of_batch`]).
+    pub fn forward_hidden_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> Result<Tensor> {
         check_ids_mask(input_ids, attention_mask)?;
         let ctx = self.prepare(attention_mask)?;
         let mut h = self.embed(input_ids)?;
         for block in &self.layers {
-            h = self.block_inner(block, &h, &ctx, None, train)?;
+            h = self.block_inner(block, &h, &ctx, None, train, rng)?;
         }
         self.final_hidden(&h)
     }
@@ -763,7 +775,7 @@ impl CausalLm {
         let ctx = ForwardContext { cos, sin, mask };
         let mut h = self.embed(input_ids)?;
         for (block, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            h = self.block_inner(block, &h, &ctx, Some((kv, offset)), false)?;
+            h = self.block_inner(block, &h, &ctx, Some((kv, offset)), false, &self.rng)?;
         }
         cache.len = offset + t;
         let h = if last_only { h.i((.., t - 1, ..))? } else { h };

@@ -105,6 +105,17 @@ const SPLITMIX_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 #[derive(Debug)]
 pub struct SeededRng {
     state: Mutex<u64>,
+    /// Set for the stream of one row of a padded batch ([`SeededRng::row_of_batch`]).
+    row: Option<RowOfBatch>,
+}
+
+/// Where one row sits in the padded batch whose dropout stream it reproduces.
+#[derive(Debug, Clone, Copy)]
+struct RowOfBatch {
+    index: u64,
+    rows: u64,
+    padded_len: u64,
+    len: u64,
 }
 
 impl SeededRng {
@@ -112,19 +123,55 @@ impl SeededRng {
     pub fn new(seed: u64) -> Self {
         SeededRng {
             state: Mutex::new(seed),
+            row: None,
+        }
+    }
+
+    /// The dropout stream of row `index` (of `len` real tokens) of a right-padded `(rows, padded_len)` batch
+    /// whose forward would start drawing at `start`: a forward of that row alone draws, element for element, the
+    /// dropout values the row gets in the batch forward, and leaves [`SeededRng::state`] where the batch forward
+    /// leaves it. (The trainer runs the rows of a batch concurrently and needs the same masks as the batched
+    /// forward.) Every draw must cover whole tokens: `n` a multiple of `len`.
+    pub fn row_of_batch(
+        start: u64,
+        index: usize,
+        rows: usize,
+        padded_len: usize,
+        len: usize,
+    ) -> Self {
+        SeededRng {
+            state: Mutex::new(start),
+            row: Some(RowOfBatch {
+                index: index as u64,
+                rows: rows as u64,
+                padded_len: padded_len as u64,
+                len: len.max(1) as u64,
+            }),
         }
     }
 
     /// Returns the current state and moves the generator past `n` draws (SplitMix64's state only counts, so
-    /// draw `i` from the returned state can be recomputed independently).
+    /// draw `i` from the returned state can be recomputed independently). For a row of a batch, `n` covers the
+    /// row's tokens: the batch's draw of `rows · padded_len` tokens of the same width is skipped, and the row's
+    /// own slice of it is returned.
     fn skip(&self, n: usize) -> u64 {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let start = *state;
-        *state = start.wrapping_add(SPLITMIX_GAMMA.wrapping_mul(n as u64));
-        start
+        let (own_offset, batch_draws) = match self.row {
+            None => (0, n as u64),
+            Some(r) => {
+                let width = n as u64 / r.len;
+                (
+                    r.index * r.padded_len * width,
+                    r.rows * r.padded_len * width,
+                )
+            }
+        };
+        *state = start.wrapping_add(SPLITMIX_GAMMA.wrapping_mul(batch_draws));
+        start.wrapping_add(SPLITMIX_GAMMA.wrapping_mul(own_offset))
     }
 
     fn next_u64(state: &mut u64) -> u64 {
@@ -402,6 +449,38 @@ impl CustomOp1 for DropoutOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_alone_draws_its_slice_of_the_padded_batch_dropout() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let (rows, padded, width, start) = (3, 5, 4, 11u64);
+        let batch_rng = SeededRng::new(start);
+        let ones = Tensor::ones((rows, padded, width), DType::F32, &dev)?;
+        // Two draws, as two adapted modules of one forward make them.
+        let batch_masks = [
+            dropout(&ones, 0.5, &batch_rng)?,
+            dropout(&ones, 0.5, &batch_rng)?,
+        ];
+        for (index, len) in [(0, 5), (1, 2), (2, 4)] {
+            let row_rng = SeededRng::row_of_batch(start, index, rows, padded, len);
+            let alone = Tensor::ones((len, width), DType::F32, &dev)?;
+            for mask in &batch_masks {
+                let row = dropout(&alone, 0.5, &row_rng)?;
+                let expected = mask.get(index)?.narrow(0, 0, len)?;
+                assert_eq!(
+                    row.to_vec2::<f32>()?,
+                    expected.to_vec2::<f32>()?,
+                    "row {index}"
+                );
+            }
+            assert_eq!(
+                row_rng.state(),
+                batch_rng.state(),
+                "row {index} ends where the batch does"
+            );
+        }
+        Ok(())
+    }
 
     #[test]
     fn regenerated_dropout_equals_a_drawn_mask_and_back_propagates_it() -> candle_core::Result<()> {
