@@ -158,9 +158,74 @@ pub fn make_batch(rows: &[&TokenRow], pad_id: u32, device: &Device) -> candle_co
     })
 }
 
+impl Batch {
+    /// The batch's rows as batches of one row each, without padding: `(index, padded length, row)`. Rows must be
+    /// right-padded (real tokens first), as [`make_batch`] builds them.
+    pub fn rows(&self) -> candle_core::Result<Vec<(usize, usize, Batch)>> {
+        let (_, t) = self.input_ids.dims2()?;
+        let mask: Vec<Vec<u32>> = self.attention_mask.to_vec2()?;
+        let target_mask: Vec<Vec<f32>> = self.target_mask.to_vec2()?;
+        let mut out = Vec::with_capacity(mask.len());
+        for (i, row_mask) in mask.iter().enumerate() {
+            let len = row_mask.iter().filter(|&&m| m != 0).count().max(2).min(t);
+            let target_tokens = target_mask[i][..len - 1]
+                .iter()
+                .filter(|&&m| m != 0.0)
+                .count() as u64;
+            let real = row_mask.iter().filter(|&&m| m != 0).count() as u64;
+            let narrow = |x: &Tensor, width: usize| x.narrow(0, i, 1)?.narrow(1, 0, width);
+            out.push((
+                i,
+                t,
+                Batch {
+                    input_ids: narrow(&self.input_ids, len)?,
+                    attention_mask: narrow(&self.attention_mask, len)?,
+                    targets: narrow(&self.targets, len - 1)?,
+                    target_mask: narrow(&self.target_mask, len - 1)?,
+                    target_tokens,
+                    non_padding_tokens: real,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_splits_into_its_unpadded_rows() -> candle_core::Result<()> {
+        let (a, b) = (row(&[1, 5, 6, 7, 2], 3), row(&[1, 8, 2], 2));
+        let batch = make_batch(&[&a, &b], 0, &Device::Cpu)?;
+        let rows = batch.rows()?;
+        assert_eq!(rows.len(), 2);
+        for ((index, padded, one), source) in rows.iter().zip([&a, &b]) {
+            assert_eq!(*padded, 5);
+            let alone = make_batch(&[source], 0, &Device::Cpu)?;
+            assert_eq!(
+                one.input_ids.to_vec2::<u32>()?,
+                alone.input_ids.to_vec2::<u32>()?,
+                "row {index}"
+            );
+            assert_eq!(
+                one.attention_mask.to_vec2::<u32>()?,
+                alone.attention_mask.to_vec2::<u32>()?
+            );
+            assert_eq!(
+                one.targets.to_vec2::<u32>()?,
+                alone.targets.to_vec2::<u32>()?
+            );
+            assert_eq!(
+                one.target_mask.to_vec2::<f32>()?,
+                alone.target_mask.to_vec2::<f32>()?
+            );
+            assert_eq!(one.target_tokens, alone.target_tokens);
+            assert_eq!(one.non_padding_tokens, alone.non_padding_tokens);
+        }
+        Ok(())
+    }
 
     fn row(ids: &[u32], prompt_len: usize) -> TokenRow {
         TokenRow {

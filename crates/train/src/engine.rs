@@ -2,9 +2,11 @@
 //!
 //! Two execution paths compute the same mathematics:
 //! - **whole graph** (no memory lever): `model.forward_hidden` keeps the whole trunk's graph; the head (`lm_head`
-//!   and the loss) runs in row chunks of ≈ 8 M logits, each with its own backward, so the `(rows, vocab)` logits
-//!   and their softmax never exist at once; then one trunk backward per micro-batch, gradients summed over the
-//!   gradient-accumulation group, optional clipping, one AdamW step;
+//!   and the loss, on target positions only) runs in row chunks, each with its own backward, so the
+//!   `(rows, vocab)` logits never exist at once; then one trunk backward per micro-batch, gradients summed over the
+//!   gradient-accumulation group, optional clipping, one AdamW step. On the CPU with few trainable parameters
+//!   (LoRA) the rows of a micro-batch run concurrently, each unpadded with its own graph and the dropout values the
+//!   padded batch would draw, their losses and gradients summed in row order;
 //! - **per block** (`memory.recompute` and/or `memory.optimizer_in_backward`): the decoder runs block by block
 //!   with a detached input at each block boundary. Backward walks the blocks from the top: the head (final norm,
 //!   then the same chunked `lm_head` and loss) first, then each block
@@ -22,6 +24,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Tensor, TensorId, Var};
+use rayon::prelude::*;
 use task::config::MemorySection;
 
 use crate::batch::Batch;
@@ -52,6 +55,16 @@ pub struct StepStats {
     pub grad_norm: Option<f64>,
     /// False when the loss was not finite: no parameter was changed.
     pub applied: bool,
+}
+
+/// What one forward and backward pass produced.
+struct Pass {
+    /// Σ token NLL.
+    loss_sum: f64,
+    /// Gradients of the optimiser's parameters, by index.
+    grads: Vec<Option<Tensor>>,
+    /// The dropout generator's state afterwards.
+    rng_end: u64,
 }
 
 /// How the step is executed.
@@ -110,7 +123,15 @@ pub struct Engine {
     index_of: HashMap<TensorId, usize>,
     /// Phase of every optimiser parameter, by index.
     phases: Vec<Phase>,
+    /// Whether the whole-graph path runs the rows of a micro-batch concurrently (see [`ROW_CONCURRENCY_MAX_GRAD`]).
+    rows_concurrently: bool,
 }
+
+/// The whole-graph path on the CPU runs the rows of a micro-batch concurrently, each unpadded with its own graph,
+/// when the trainable parameters number at most this many (a LoRA run): every row in flight holds its own set of
+/// gradients. Measured on 2 cores, SmolLM2-135M, batch 2 × ≤256: LoRA (1.8 M trainable) 2.25 → 1.70 s per step;
+/// full fine-tuning (135 M) gained 6% for 540 MiB more peak memory, so it keeps the padded batch.
+pub const ROW_CONCURRENCY_MAX_GRAD: usize = 32 << 20;
 
 fn model_err(context: &str) -> impl FnOnce(model::Error) -> TrainError + '_ {
     move |source| TrainError::Model {
@@ -128,6 +149,8 @@ impl Engine {
             .map(|(i, (_, var))| (var.as_tensor().id(), i))
             .collect();
         let phases = optimizer.vars().map(|(name, _)| phase_of(name)).collect();
+        let trainable: usize = optimizer.vars().map(|(_, v)| v.elem_count()).sum();
+        let on_cpu = optimizer.vars().all(|(_, v)| v.device().is_cpu());
         Self {
             levers: Levers {
                 recompute: memory.recompute,
@@ -136,6 +159,7 @@ impl Engine {
             max_grad_norm,
             index_of,
             phases,
+            rows_concurrently: on_cpu && trainable <= ROW_CONCURRENCY_MAX_GRAD,
         }
     }
 
@@ -404,14 +428,42 @@ impl Engine {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
         let mut loss_sum = 0f64;
         for batch in micro_batches {
-            // The trunk's graph ends at the normed hidden states; the head and loss run in row chunks, each with
-            // its own backward, so the `(rows, vocab)` logits and their softmax never exist at once.
-            let normed = lm
-                .forward_hidden(&batch.input_ids, &batch.attention_mask, true)
-                .map_err(model_err("forward"))?;
-            let (batch_loss, grad_normed) =
-                self.chunked_head(lm, &normed, batch, scale, &mut grads)?;
-            loss_sum += batch_loss;
+            let passes = if self.rows_concurrently {
+                // The rows run concurrently, each unpadded with its own graph (rayon shares the cores between
+                // them and the matmuls inside them), drawing the dropout values the padded batch forward would
+                // give them; their losses and gradients are summed in row order, so the result does not depend on
+                // the scheduling.
+                let start = lm.rng().state();
+                let rows = batch.rows().ctx("splitting the micro-batch")?;
+                let n_rows = rows.len();
+                let passes = rows
+                    .into_par_iter()
+                    .map(|(index, padded_len, row)| {
+                        let (_, len) = row.input_ids.dims2().ctx("row shape")?;
+                        let rng = model::lora::SeededRng::row_of_batch(
+                            start, index, n_rows, padded_len, len,
+                        );
+                        self.forward_backward(lm, &row, &rng, scale)
+                    })
+                    .collect::<Result<Vec<Pass>, TrainError>>()?;
+                if let Some(last) = passes.last() {
+                    lm.rng().set_state(last.rng_end);
+                }
+                passes
+            } else {
+                vec![self.forward_backward(lm, batch, lm.rng(), scale)?]
+            };
+            for pass in passes {
+                loss_sum += pass.loss_sum;
+                for (sum, grad) in grads.iter_mut().zip(pass.grads) {
+                    if let Some(grad) = grad {
+                        *sum = Some(match sum.take() {
+                            Some(s) => (s + grad).ctx("accumulating gradients")?,
+                            None => grad,
+                        });
+                    }
+                }
+            }
             if !loss_sum.is_finite() {
                 return Ok(StepStats {
                     loss_sum,
@@ -421,8 +473,6 @@ impl Engine {
                     applied: false,
                 });
             }
-            let store = backward_with(&normed, &grad_normed).ctx("backward")?;
-            self.accumulate(&store, &mut grads)?;
         }
         let grad_norm = self.clip_and_step(optimizer, &mut grads, lr)?;
         Ok(StepStats {
@@ -431,6 +481,32 @@ impl Engine {
             non_padding_tokens,
             grad_norm,
             applied: true,
+        })
+    }
+
+    /// Forward and backward of one micro-batch (or one row of it) with dropout drawn from `rng`: the trunk's graph
+    /// ends at the normed hidden states and the head and loss run in row chunks, each with its own backward, so the
+    /// `(rows, vocab)` logits never exist at once. A non-finite loss skips the backward.
+    fn forward_backward(
+        &self,
+        lm: &model::CausalLm,
+        batch: &Batch,
+        rng: &model::lora::SeededRng,
+        scale: f64,
+    ) -> Result<Pass, TrainError> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.index_of.len()];
+        let normed = lm
+            .forward_hidden_with(&batch.input_ids, &batch.attention_mask, true, rng)
+            .map_err(model_err("forward"))?;
+        let (loss_sum, grad_normed) = self.chunked_head(lm, &normed, batch, scale, &mut grads)?;
+        if loss_sum.is_finite() {
+            let store = backward_with(&normed, &grad_normed).ctx("backward")?;
+            self.accumulate(&store, &mut grads)?;
+        }
+        Ok(Pass {
+            loss_sum,
+            grads,
+            rng_end: rng.state(),
         })
     }
 

@@ -50,22 +50,32 @@ fn assert_close(name: &str, plain: &[f64], other: &[f64], relative: f64) {
 fn every_lever_reproduces_the_plain_full_fine_tuning_curve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plain = curve(dir.path(), "plain", "", "f32", None);
-    for (name, memory, tolerance) in [
+    // The plain (whole-graph) path runs the rows of a batch concurrently and sums their losses and gradients row by
+    // row; the per-block path that recompute and in-backward select runs the padded batch. Same mathematics,
+    // another summation order (measured 4.7e-8 relative).
+    let per_block = curve(dir.path(), "recompute", "recompute = true", "f32", None);
+    assert_close("recompute", &plain, &per_block, 1e-6);
+    for (name, memory, reference, tolerance) in [
         // Exact rearrangements of the same arithmetic: bit-identical on CPU (measured deviation 0).
-        ("recompute", "recompute = true", 0.0),
-        ("in-backward", "optimizer_in_backward = true", 0.0),
+        (
+            "in-backward",
+            "optimizer_in_backward = true",
+            &per_block,
+            0.0,
+        ),
         (
             "in-backward-recompute",
             "optimizer_in_backward = true\nrecompute = true",
+            &per_block,
             0.0,
         ),
-        ("moments-on-host", "moments_on_host = true", 0.0),
+        ("moments-on-host", "moments_on_host = true", &plain, 0.0),
         // Rounded moment storage (measured 4e-6 and 2e-5 over these 8 steps).
-        ("bf16-moments", "moments = \"bf16\"", 1e-4),
-        ("int8-moments", "moments = \"int8\"", 1e-3),
+        ("bf16-moments", "moments = \"bf16\"", &plain, 1e-4),
+        ("int8-moments", "moments = \"int8\"", &plain, 1e-3),
     ] {
         let other = curve(dir.path(), name, memory, "f32", None);
-        assert_close(name, &plain, &other, tolerance);
+        assert_close(name, reference, &other, tolerance);
     }
     let bf16 = curve(dir.path(), "bf16-weights", "", "bf16", None);
     // bf16 weights and activations (measured 4e-3).
@@ -94,6 +104,9 @@ fn recompute_replays_lora_dropout_exactly() {
         lora,
     );
     assert_eq!(kept, recomputed);
+    // The plain path runs the batch's rows concurrently with the dropout values the padded batch draws: only the
+    // summation order differs from the per-block path (measured 4.4e-8 relative; masks drawn differently would
+    // change the curve from the second step on, once B is no longer zero).
     let plain = curve(dir.path(), "plain-lora", "", "f32", lora);
-    assert_close("lora in-backward", &plain, &kept, 0.0);
+    assert_close("lora in-backward", &plain, &kept, 1e-6);
 }
