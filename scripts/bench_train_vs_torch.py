@@ -15,9 +15,9 @@ weights and batch, so they must agree to float rounding).
 
 Usage (from the repository root):
     python3 scripts/bench_train_vs_torch.py [--steps 12] [--warmup 2] [--methods lora,full] [--threads 1]
-`--threads` sets both sides' thread counts (CANDLE_NUM_THREADS/RAYON_NUM_THREADS for ours, torch.set_num_threads):
-candle's CPU thread pool spin-waits at its barriers, which collapses when the cores are oversubscribed, so on a busy
-machine compare single-threaded runs.
+`--threads` sets both sides' thread counts (RAYON_NUM_THREADS, the size of our compute pool, and
+torch.set_num_threads). Our binary keeps its default CANDLE_NUM_THREADS=1 (candle's elementwise ops on the calling
+thread; see ARCHITECTURE.md, "CPU speed"): setting it to the thread count brings back candle's spinning pool.
 The PyTorch venv (.cache/venv-torch, pinned torch/transformers/peft, about 3 GB) is created on first use.
 Results go to results/bench/train_vs_torch.{json,md}.
 """
@@ -140,7 +140,8 @@ def run_ours(method, steps, threads):
     subprocess.run(["cargo", "build", "--release", "-p", "train"], cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     binary = target / "release" / "train"
-    env = {**os.environ, "CANDLE_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads)}
+    env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
+    env.pop("CANDLE_NUM_THREADS", None)
     subprocess.run([str(binary), "--config", str(config), "--quiet", "--dump-batches", str(dump)], cwd=ROOT, check=True, env=env)
     summary = json.loads((WORK / "results" / f"bench-{method}" / "train_summary.json").read_text())
     batches = [json.loads(line) for line in dump.read_text().splitlines() if line.strip()]
