@@ -38,6 +38,12 @@ pub fn select(spec: &str) -> Result<Device> {
 /// separate spinning barrier pool. With the model on [`on_compute_pool`], that pool's extra worker only competed
 /// with the matmul threads for the cores (measured on 2 cores, SmolLM2 LoRA steps: 155 → 161 tokens/s).
 ///
+/// On glibc it also keeps freed memory in the process for reuse (`mallopt`: buffers up to 1 GiB come from the heap,
+/// not from a fresh `mmap` whose every page faults on first touch and is unmapped on free; no trimming; the heap
+/// grows by 1 GiB at a time, which costs address space, not resident memory). Each training step frees and
+/// reallocates the same large buffers (gradients, activations): measured on SmolLM2 full fine-tuning, 2 cores,
+/// 106–111 → 122–125 non-padding tokens/s; LoRA unchanged within noise, its peak RSS +2–4 %.
+///
 /// # Safety
 /// Changes the environment: call it first thing in `main`, before any other thread exists.
 #[allow(unsafe_code)]
@@ -45,6 +51,16 @@ pub unsafe fn set_cpu_runtime_defaults() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: the caller guarantees no other thread reads or writes the environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const GIB: libc::c_int = 1 << 30;
+        // SAFETY: mallopt only sets allocator parameters; called before any other thread allocates.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+            libc::mallopt(libc::M_TOP_PAD, GIB);
+        }
     }
 }
 
