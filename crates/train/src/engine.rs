@@ -30,7 +30,7 @@ use task::config::MemorySection;
 use crate::batch::Batch;
 use crate::error::{TensorContext, TrainError};
 use crate::loss;
-use crate::optim::{AdamW, clip_grad_norm};
+use crate::optim::{AdamW, clip_factor, grad_norm};
 
 /// Backpropagates `grad_output` (a constant) into the graph of `output`: the gradients of `Σ output · grad_output`.
 fn backward_with(
@@ -518,11 +518,16 @@ impl Engine {
         grads: &mut [Option<Tensor>],
         lr: f64,
     ) -> Result<Option<f64>, TrainError> {
-        let grad_norm = match self.max_grad_norm {
-            Some(max) => Some(clip_grad_norm(grads, max).ctx("clipping gradients")?),
-            None => None,
+        let (grad_norm, scale) = match self.max_grad_norm {
+            Some(max) => {
+                let norm = grad_norm(grads).ctx("gradient norm")?;
+                (Some(norm), clip_factor(norm, max))
+            }
+            None => (None, 1.0),
         };
-        optimizer.step(grads, lr).ctx("optimizer step")?;
+        optimizer
+            .step_scaled(grads, scale, lr)
+            .ctx("optimizer step")?;
         Ok(grad_norm)
     }
 

@@ -144,6 +144,18 @@ impl AdamW {
     /// Applies one AdamW update to parameter `index` with gradient `grad` at learning rate `lr`.
     /// Call [`AdamW::begin_step`] first.
     pub fn step_param(&mut self, index: usize, grad: &Tensor, lr: f64) -> Result<()> {
+        self.step_param_scaled(index, grad, 1.0, lr)
+    }
+
+    /// [`AdamW::step_param`] with the gradient multiplied by `grad_scale` first (gradient clipping), the
+    /// multiplication fused into the update on the CPU.
+    pub fn step_param_scaled(
+        &mut self,
+        index: usize,
+        grad: &Tensor,
+        grad_scale: f64,
+        lr: f64,
+    ) -> Result<()> {
         let AdamWConfig {
             beta1,
             beta2,
@@ -160,11 +172,24 @@ impl AdamW {
             && state.var.dtype() == DType::F32
             && let (Moment::Dense(m), Moment::Dense(v)) = (&state.first, &state.second)
         {
-            return fused_cpu_step(&self.config, state.var.as_tensor(), m, v, grad, t, lr);
+            return fused_cpu_step(
+                &self.config,
+                state.var.as_tensor(),
+                (m, v),
+                grad,
+                grad_scale as f32,
+                t,
+                lr,
+            );
         }
         let moment_dev = moment_device(&self.config, &param_device);
         let shape = state.var.shape().clone();
         let grad = grad.to_device(&moment_dev)?.to_dtype(DType::F32)?;
+        let grad = if grad_scale == 1.0 {
+            grad
+        } else {
+            (grad * grad_scale)?
+        };
         let m = decode(&state.first, &shape, Kind::First)?;
         let v = decode(&state.second, &shape, Kind::Second)?;
         let m = ((m * beta1)? + (&grad * (1.0 - beta1))?)?;
@@ -188,10 +213,20 @@ impl AdamW {
     /// One full step: `grads[i]` is the gradient of parameter `i` (`None` = no gradient, parameter untouched
     /// apart from weight decay not being applied, like PyTorch's skipping of params without grad).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_scaled(grads, 1.0, lr)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_scale` first (see [`clip_factor`]).
+    pub fn step_scaled(
+        &mut self,
+        grads: &[Option<Tensor>],
+        grad_scale: f64,
+        lr: f64,
+    ) -> Result<()> {
         self.begin_step();
         for (index, grad) in grads.iter().enumerate() {
             if let Some(grad) = grad {
-                self.step_param(index, grad, lr)?;
+                self.step_param_scaled(index, grad, grad_scale, lr)?;
             }
         }
         Ok(())
@@ -262,9 +297,9 @@ const FUSED_CHUNK: usize = 1 << 16;
 fn fused_cpu_step(
     config: &AdamWConfig,
     param: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
+    (m, v): (&Tensor, &Tensor),
     grad: &Tensor,
+    grad_scale: f32,
     t: i32,
     lr: f64,
 ) -> Result<()> {
@@ -275,6 +310,7 @@ fn fused_cpu_step(
         &MomentPass {
             decay: b1 as f32,
             gain: (1.0 - b1) as f32,
+            grad_scale,
             square: false,
         },
     )?;
@@ -283,6 +319,7 @@ fn fused_cpu_step(
         &MomentPass {
             decay: b2 as f32,
             gain: (1.0 - b2) as f32,
+            grad_scale,
             square: true,
         },
     )?;
@@ -318,10 +355,11 @@ fn f32_slice_mut<'a>(
     }
 }
 
-/// `moment ← moment·decay + g·gain` (or `g²·gain` for the second moment).
+/// `moment ← moment·decay + g·gain` (or `g²·gain` for the second moment) with `g = gradient·grad_scale`.
 struct MomentPass {
     decay: f32,
     gain: f32,
+    grad_scale: f32,
     square: bool,
 }
 
@@ -346,12 +384,13 @@ impl InplaceOp2 for MomentPass {
                 grad.len()
             );
         }
-        let (decay, gain, square) = (self.decay, self.gain, self.square);
+        let (decay, gain, square, scale) = (self.decay, self.gain, self.square, self.grad_scale);
         moment
             .par_chunks_mut(FUSED_CHUNK)
             .zip(grad.par_chunks(FUSED_CHUNK))
             .for_each(|(m, g)| {
                 for (m, &g) in m.iter_mut().zip(g) {
+                    let g = if scale == 1.0 { g } else { g * scale };
                     let g = if square { g * g } else { g };
                     *m = *m * decay + g * gain;
                 }
@@ -474,20 +513,44 @@ fn decode(moment: &Moment, shape: &candle_core::Shape, kind: Kind) -> Result<Ten
     }
 }
 
-/// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm before clipping.
-/// (PyTorch's `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` applied only when it is below 1.)
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+/// The global L2 norm of `grads` (f64 accumulation; f32 CPU gradients in one threaded pass without temporaries).
+pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum_sq = 0f64;
     for grad in grads.iter().flatten() {
-        sum_sq += f64::from(
-            grad.to_dtype(DType::F32)?
+        let (storage, layout) = grad.storage_and_layout();
+        let fused = match (&*storage, layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
+                let partial: Vec<f64> = data[start..end]
+                    .par_chunks(FUSED_CHUNK)
+                    .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+                    .collect();
+                Some(partial.iter().sum::<f64>())
+            }
+            _ => None,
+        };
+        drop(storage);
+        sum_sq += match fused {
+            Some(s) => s,
+            None => grad
+                .to_dtype(DType::F64)?
                 .sqr()?
                 .sum_all()?
-                .to_scalar::<f32>()?,
-        );
+                .to_scalar::<f64>()?,
+        };
     }
-    let norm = sum_sq.sqrt();
-    let factor = max_norm / (norm + 1e-6);
+    Ok(sum_sq.sqrt())
+}
+
+/// PyTorch's `clip_grad_norm_` factor for a gradient norm: `max_norm / (norm + 1e-6)` when that is below 1, else 1.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+/// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm before clipping.
+/// (The trainer instead passes [`clip_factor`] to [`AdamW::step_scaled`], which fuses the scaling into the update.)
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+    let norm = grad_norm(grads)?;
+    let factor = clip_factor(norm, max_norm);
     if factor < 1.0 {
         for grad in grads.iter_mut().flatten() {
             *grad = (&*grad * factor)?;
@@ -637,6 +700,28 @@ mod tests {
                 .to_string();
             assert!(err.contains("other.exp_avg"), "{err}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_fused_clip_factor_equals_clipping_the_gradients_first() -> Result<()> {
+        let values: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let grad = Tensor::from_vec(values.clone(), 1000, &Device::Cpu)?;
+        let run = |fused: bool| -> Result<Vec<f32>> {
+            let var = Var::from_tensor(&Tensor::from_vec(values.clone(), 1000, &Device::Cpu)?)?;
+            let mut opt = AdamW::new(vec![("w".into(), var.clone())], config(MomentFormat::F32))?;
+            let mut grads = vec![Some(grad.clone())];
+            if fused {
+                let factor = clip_factor(grad_norm(&grads)?, 1.0);
+                assert!(factor < 1.0);
+                opt.step_scaled(&grads, factor, 0.1)?;
+            } else {
+                clip_grad_norm(&mut grads, 1.0)?;
+                opt.step(&grads, 0.1)?;
+            }
+            var.as_tensor().to_vec1::<f32>()
+        };
+        assert_eq!(run(true)?, run(false)?);
         Ok(())
     }
 
