@@ -127,6 +127,11 @@ impl Generator {
                 .map_err(model_error(context.clone()))?;
             lm.merge_adapters().map_err(model_error(context))?;
         }
+        if device.is_cpu() {
+            lm.store_linears_transposed().map_err(model_error(
+                "laying out the weights for inference".to_owned(),
+            ))?;
+        }
         let tokenizer_dir = match &spec.weights {
             Some(run_dir) if run_dir.join("tokenizer.json").is_file() => run_dir.clone(),
             _ => model_dir.to_path_buf(),

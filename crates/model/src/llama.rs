@@ -679,6 +679,26 @@ impl CausalLm {
         Ok(rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?)
     }
 
+    /// Re-lays every frozen decoder linear weight `W (out, in)` as a transposed view of a contiguous `Wᵀ` (same
+    /// values, same memory), so `x·Wᵀ` reads the weight contiguously, the layout gemm streams fastest: at 8 rows
+    /// 0.098 ms vs 0.19–0.28 ms for the other layouts (k 576, n 1536, `examples/gemm_layout.rs`), no slower for
+    /// long prompts. `eval` on the CPU: 59 → 66 generated tokens/s (SmolLM2, batch 8, 16 rows × 64 new tokens, three
+    /// alternating runs each, same outputs). For inference: backward through such a weight would read it transposed.
+    /// Embeddings and `lm_head` keep their layout (rows are gathered; at n = vocab both layouts measured the same).
+    pub fn store_linears_transposed(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for module in LINEAR_MODULES {
+                if let Some(linear) = layer.linear_mut(module)
+                    && let Param::Frozen(w) = &mut linear.weight
+                    && w.is_contiguous()
+                {
+                    *w = w.t()?.contiguous()?.t()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The weight `lm_head` multiplies by: `lm_head.weight`, or the embeddings when tied.
     pub fn head_weight(&self) -> &Param {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)

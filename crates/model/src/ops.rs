@@ -53,7 +53,11 @@ impl ConstOperand {
                 if k != k2 {
                     candle_core::bail!("const matmul: input width {k} != weight width {k2}");
                 }
-                if rows_first && m <= FEW_ROWS {
+                // A weight stored transposed (`CausalLm::store_linears_transposed`) is already the layout gemm
+                // streams best: the plain product below reads it contiguously.
+                let stored_transposed =
+                    !c_layout.is_contiguous() && c_layout.transpose(0, 1)?.is_contiguous();
+                if rows_first && m <= FEW_ROWS && !stored_transposed {
                     // Few rows (decoding): `(C·xᵀ)ᵀ` lets gemm stream the weight in its own row-major layout
                     // instead of packing a transposed view of it on every call (measured 1.1-2x faster at m = 8
                     // by `examples/gemm_layout.rs`); the `(n, m)` product is then copied to `(m, n)`.

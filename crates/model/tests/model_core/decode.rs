@@ -1,5 +1,5 @@
 //! Decoding: the KV-cached forward equals the full forward at every position; batched generation equals
-//! one-prompt-at-a-time generation; EOS, stop checks and max_new_tokens.
+//! one-prompt-at-a-time generation; weights stored transposed change nothing; EOS, stop checks and max_new_tokens.
 
 use candle_core::{DType, Device, Tensor};
 use model::{GenerateOptions, KvCache, Trainable, generate};
@@ -85,6 +85,35 @@ fn batched_generation_equals_one_at_a_time() {
             assert_eq!(want.ids.len(), 12);
             assert!(!want.stopped);
         }
+    }
+}
+
+#[test]
+fn weights_stored_transposed_give_the_same_logits_and_generations() {
+    for name in FIXTURES {
+        let model = load_fixture(name, &Trainable::Frozen);
+        let mut relaid = load_fixture(name, &Trainable::Frozen);
+        relaid.store_linears_transposed().expect("relayout");
+        let (ids, mask) = batch(9, model.config().vocab_size as u32);
+        let a = model.forward(&ids, &mask, false).expect("forward");
+        let b = relaid.forward(&ids, &mask, false).expect("forward");
+        // Row 1's first three positions are padding; compare the real positions of both rows.
+        let diff = max_abs_diff(
+            &a.narrow(1, 3, 6).expect("n"),
+            &b.narrow(1, 3, 6).expect("n"),
+        );
+        assert!(diff < 1e-5, "{name}: logits differ by {diff}");
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            eos_ids: vec![],
+            pad_id: 2,
+            stop: None,
+        };
+        assert_eq!(
+            generate(&model, &prompts(), &opts).expect("generate"),
+            generate(&relaid, &prompts(), &opts).expect("generate"),
+            "{name}"
+        );
     }
 }
 
