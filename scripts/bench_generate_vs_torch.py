@@ -36,7 +36,7 @@ PINS = ["torch==2.15.0", "transformers==5.25.0", "peft==0.21.2", "accelerate==1.
 GGUF = ROOT / ".cache" / "assets" / "smollm2-135m-instruct.gguf"
 CONFIG = ROOT / "configs" / "smollm2_lora.toml"
 WORK = ROOT / ".cache" / "bench-generate"
-EVAL = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target" / "candle")) / "release" / "eval"
+EVAL = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "eval"
 
 
 def ensure_venv():
