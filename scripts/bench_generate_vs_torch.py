@@ -30,25 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+from torch_venv import ensure_venv
+
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "venv-torch"
-PINS = ["torch==2.15.0", "transformers==5.25.0", "peft==0.21.2", "accelerate==1.16.0", "safetensors==0.8.0", "numpy", "gguf==0.19.0"]
 GGUF = ROOT / ".cache" / "assets" / "smollm2-135m-instruct.gguf"
 CONFIG = ROOT / "configs" / "smollm2_lora.toml"
 WORK = ROOT / ".cache" / "bench-generate"
 EVAL = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release" / "eval"
-
-
-def ensure_venv():
-    """Re-executes this script inside the pinned venv, creating it first when needed."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {VENV} (pinned: {' '.join(PINS)}; about 3 GB)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PINS], check=True)
-    os.execv(str(python), [str(python), *sys.argv])
 
 
 def run_ours(run_name, batch_size, args):

@@ -30,28 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+from torch_venv import ensure_venv
+
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / ".cache" / "venv-torch"
-PINS = ["torch==2.15.0", "transformers==5.25.0", "peft==0.21.2", "accelerate==1.16.0", "safetensors==0.8.0", "numpy", "gguf==0.19.0"]
 GGUF = ROOT / ".cache" / "assets" / "smollm2-135m-instruct.gguf"
 WORK = ROOT / ".cache" / "bench-train"
 HF_DIR = WORK / "smollm2-135m-hf"
-
-
-def ensure_venv():
-    """Re-executes this script inside the pinned venv, creating it first when needed."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
-        return
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {VENV} (pinned: {' '.join(PINS)}; about 3 GB)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PINS], check=True)
-    else:
-        missing = subprocess.run([str(python), "-c", "import gguf"], capture_output=True).returncode != 0
-        if missing:
-            subprocess.run([str(python), "-m", "pip", "install", "-q", *PINS], check=True)
-    os.execv(str(python), [str(python), *sys.argv])
 
 
 def patch_rope_theta():

@@ -244,20 +244,17 @@ mod tests {
     }
 
     fn prediction(row: &Row) -> Prediction {
-        Prediction {
-            row_id: row.row_id.clone(),
-            problem_id: row.problem_id.clone(),
-            variant: row.variant,
-            lib: row.lib.clone(),
-            category: row.category.clone(),
-            prompt: "p".to_owned(),
-            raw_output: "kind: Pod".to_owned(),
-            extracted: "kind: Pod".to_owned(),
-            prompt_tokens: 1,
-            generated_tokens: 2,
-            seconds: 0.1,
-            stopped: true,
-        }
+        prediction_for(
+            row,
+            "p".to_owned(),
+            "kind: Pod".to_owned(),
+            Decoding {
+                prompt_tokens: 1,
+                generated_tokens: 2,
+                seconds: 0.1,
+                stopped: true,
+            },
+        )
     }
 
     fn line(prediction: &Prediction) -> String {

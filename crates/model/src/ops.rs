@@ -416,6 +416,27 @@ fn pair_cpu_fwd(
     Ok((out, l1.shape().clone()))
 }
 
+/// `CustomOp2` for a backward kernel (a [`PairKernel`] of two same-shaped inputs, itself never differentiated).
+macro_rules! pair_backward_op {
+    ($op:ty, $name:literal) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> candle_core::Result<(CpuStorage, Shape)> {
+                pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
+            }
+        }
+    };
+}
+
 /// Fused `x / sqrt(mean(x²) + eps)` over the last dimension (f32/f64, CPU).
 struct RmsNormalize {
     eps: f64,
@@ -515,21 +536,7 @@ impl PairKernel for RmsNormalizeBackward {
     }
 }
 
-impl CustomOp2 for RmsNormalizeBackward {
-    fn name(&self) -> &'static str {
-        "rms-normalize-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
-    }
-}
+pair_backward_op!(RmsNormalizeBackward, "rms-normalize-backward");
 
 /// HF's `rotate_half`: `cat(-x2, x1)` over the last dimension.
 fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -1140,21 +1147,7 @@ impl PairKernel for SoftmaxBackward {
     }
 }
 
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "softmax-last-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
-    }
-}
+pair_backward_op!(SoftmaxBackward, "softmax-last-backward");
 
 /// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward keeps only the
 /// output, else (other devices and dtypes) candle's composed `softmax`.
