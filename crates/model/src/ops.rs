@@ -841,27 +841,19 @@ impl candle_core::CustomOp3 for SiluMulBackward {
 /// float): the masked next-token loss as a sum, a scalar f32 tensor. On the CPU one fused op reads the logits once
 /// forward and once backward (`dlogits = dy · maskᵢ · (softmaxᵢ − onehot(targetᵢ))`) and keeps nothing but the
 /// logits it is given — candle's composed `log_softmax` + `gather` keep several `(n, V)` intermediates. Elsewhere it
-/// is composed from candle ops. Equal to `train`'s `nll_rows` (which it can replace).
+/// is composed from candle ops. `train`'s loss calls it.
 pub fn masked_nll_rows(
     logits: &Tensor,
     targets: &Tensor,
     mask: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let (n, vocab) = logits.dims2()?;
-    let target_ids = targets
-        .to_dtype(DType::U32)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
-    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    if target_ids.len() != n || weights.len() != n {
+    if targets.elem_count() != n || mask.elem_count() != n {
         candle_core::bail!(
             "masked nll: {n} logit rows but {} targets and {} mask values",
-            target_ids.len(),
-            weights.len()
+            targets.elem_count(),
+            mask.elem_count()
         );
-    }
-    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("masked nll: target id {bad} outside the vocabulary of {vocab}");
     }
     let logits = logits.to_dtype(DType::F32)?;
     if !logits.device().is_cpu() {
@@ -879,6 +871,14 @@ pub fn masked_nll_rows(
             .sum_all()?
             .neg();
     }
+    let target_ids = targets
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("masked nll: target id {bad} outside the vocabulary of {vocab}");
+    }
+    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     logits.contiguous()?.apply_op1(MaskedNll {
         targets: target_ids,
         weights,
@@ -926,13 +926,14 @@ impl CustomOp1 for MaskedNll {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let dy = grad_res
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let dy = dy.first().copied().unwrap_or(0.0);
+        let dy = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let (n, vocab) = arg.dims2()?;
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
+        // The logits are read where they are (the forward ran on a contiguous f32 CPU tensor), not copied.
+        let (storage, layout) = arg.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("{}: logits not on the CPU", self.name())
+        };
+        let x = contiguous_slice::<f32>(storage, layout, self.name())?;
         let mut dx = vec![0f32; n * vocab];
         dx.par_chunks_mut(vocab)
             .zip(x.par_chunks(vocab))
@@ -958,8 +959,9 @@ impl CustomOp1 for MaskedNll {
     }
 }
 
-/// Softmax over the last dimension with a backward pass that keeps only the output (candle's fused
-/// `softmax_last_dim` has no backward; its composed `softmax` keeps four attention-sized intermediates per call).
+/// Softmax over the last dimension whose backward needs only the output (candle's fused `softmax_last_dim` has no
+/// backward; its composed `softmax` also keeps `x − max` and its `exp`). The graph node still holds the input
+/// scores, as every candle custom op holds its argument.
 struct SoftmaxLast {
     /// Multiplies the input before the mask is added.
     scale: f64,
@@ -1092,21 +1094,13 @@ impl CustomOp1 for SoftmaxLast {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        // dx = scale · y ⊙ (dy − Σ_j dy_j y_j); the mask is a constant.
-        if res.device().is_cpu() {
-            let dx = res.apply_op2_no_bwd(
-                &grad_res.contiguous()?,
-                &SoftmaxBackward { scale: self.scale },
-            )?;
-            return Ok(Some(dx));
-        }
-        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
-        let dx = res.mul(&grad_res.broadcast_sub(&dot)?)?;
-        Ok(Some(if self.scale == 1.0 {
-            dx
-        } else {
-            (dx * self.scale)?
-        }))
+        // dx = scale · y ⊙ (dy − Σ_j dy_j y_j); the mask is a constant. (Built only on the CPU: see
+        // `scaled_masked_softmax`.)
+        let dx = res.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &SoftmaxBackward { scale: self.scale },
+        )?;
+        Ok(Some(dx))
     }
 }
 
@@ -1149,7 +1143,7 @@ impl PairKernel for SoftmaxBackward {
 
 pair_backward_op!(SoftmaxBackward, "softmax-last-backward");
 
-/// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward keeps only the
+/// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward needs only the
 /// output, else (other devices and dtypes) candle's composed `softmax`.
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     scaled_masked_softmax(x, 1.0, None)
