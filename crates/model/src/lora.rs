@@ -281,14 +281,13 @@ impl Linear {
     /// `x·Wᵀ (+ scale·dropout(x)·Aᵀ·Bᵀ)`. The adapter runs in its own dtype (f32) and its result is cast to
     /// `x`'s dtype.
     pub fn forward(&self, x: &Tensor, train: bool, rng: &SeededRng) -> candle_core::Result<Tensor> {
-        let y = self.weight.matmul_t(x)?;
         let Some(ad) = &self.adapter else {
-            return Ok(y);
+            return self.weight.matmul_t(x);
         };
         let xf = x.to_dtype(ad.a.dtype())?;
         if let Param::Frozen(w) = &self.weight
             && xf.track_op()
-            && crate::fused::lora_linear_applies(&xf, ad.a.as_tensor())
+            && crate::fused::lora_linear_applies(x, ad.a.as_tensor())
         {
             // One graph node for the whole module (see `fused`): nothing output-sized is kept for backward.
             let dims = xf.dims().to_vec();
@@ -298,21 +297,17 @@ impl Linear {
                 .then(|| DropoutMask::draw(ad.dropout, x2.elem_count(), rng));
             let mut out = dims[..dims.len() - 1].to_vec();
             out.push(w.dim(0)?);
-            let w = if w.dtype() == xf.dtype() {
-                w.clone()
-            } else {
-                w.to_dtype(xf.dtype())?
-            };
             let y = crate::fused::lora_linear(
                 &x2,
-                &w,
+                w,
                 ad.a.as_tensor(),
                 ad.b.as_tensor(),
                 ad.scale,
                 mask,
             )?;
-            return y.reshape(out)?.to_dtype(x.dtype());
+            return y.reshape(out);
         }
+        let y = self.weight.matmul_t(x)?;
         let xd = if train && ad.dropout > 0.0 {
             dropout(&xf, ad.dropout, rng)?
         } else {
