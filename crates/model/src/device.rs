@@ -56,10 +56,13 @@ pub unsafe fn set_cpu_runtime_defaults() {
     {
         const GIB: libc::c_int = 1 << 30;
         // SAFETY: mallopt only sets allocator parameters; called before any other thread allocates.
+        // Only when the threshold is accepted (glibc 2.36 here does; some versions cap it at 32 MiB): setting the
+        // trim threshold or top pad also ends glibc's dynamic threshold, which alone would pin it at 128 KiB.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, GIB);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
-            libc::mallopt(libc::M_TOP_PAD, GIB);
+            if libc::mallopt(libc::M_MMAP_THRESHOLD, GIB) == 1 {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+                libc::mallopt(libc::M_TOP_PAD, GIB);
+            }
         }
     }
 }
