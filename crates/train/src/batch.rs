@@ -159,33 +159,29 @@ pub fn make_batch(rows: &[&TokenRow], pad_id: u32, device: &Device) -> candle_co
 }
 
 impl Batch {
-    /// The batch's rows as batches of one row each, without padding: `(index, padded length, row)`. Rows must be
-    /// right-padded (real tokens first), as [`make_batch`] builds them.
-    pub fn rows(&self) -> candle_core::Result<Vec<(usize, usize, Batch)>> {
-        let (_, t) = self.input_ids.dims2()?;
+    /// The batch's rows as batches of one row each, without padding, in order. Rows must be right-padded (real
+    /// tokens first), as [`make_batch`] builds them.
+    pub fn rows(&self) -> candle_core::Result<Vec<Batch>> {
         let mask: Vec<Vec<u32>> = self.attention_mask.to_vec2()?;
         let target_mask: Vec<Vec<f32>> = self.target_mask.to_vec2()?;
         let mut out = Vec::with_capacity(mask.len());
         for (i, row_mask) in mask.iter().enumerate() {
-            let len = row_mask.iter().filter(|&&m| m != 0).count().max(2).min(t);
+            let real = row_mask.iter().filter(|&&m| m != 0).count();
+            // `make_batch` pads every row to at least two positions.
+            let len = real.clamp(2, row_mask.len());
             let target_tokens = target_mask[i][..len - 1]
                 .iter()
                 .filter(|&&m| m != 0.0)
                 .count() as u64;
-            let real = row_mask.iter().filter(|&&m| m != 0).count() as u64;
             let narrow = |x: &Tensor, width: usize| x.narrow(0, i, 1)?.narrow(1, 0, width);
-            out.push((
-                i,
-                t,
-                Batch {
-                    input_ids: narrow(&self.input_ids, len)?,
-                    attention_mask: narrow(&self.attention_mask, len)?,
-                    targets: narrow(&self.targets, len - 1)?,
-                    target_mask: narrow(&self.target_mask, len - 1)?,
-                    target_tokens,
-                    non_padding_tokens: real,
-                },
-            ));
+            out.push(Batch {
+                input_ids: narrow(&self.input_ids, len)?,
+                attention_mask: narrow(&self.attention_mask, len)?,
+                targets: narrow(&self.targets, len - 1)?,
+                target_mask: narrow(&self.target_mask, len - 1)?,
+                target_tokens,
+                non_padding_tokens: real as u64,
+            });
         }
         Ok(out)
     }
@@ -201,8 +197,7 @@ mod tests {
         let batch = make_batch(&[&a, &b], 0, &Device::Cpu)?;
         let rows = batch.rows()?;
         assert_eq!(rows.len(), 2);
-        for ((index, padded, one), source) in rows.iter().zip([&a, &b]) {
-            assert_eq!(*padded, 5);
+        for (index, (one, source)) in rows.iter().zip([&a, &b]).enumerate() {
             let alone = make_batch(&[source], 0, &Device::Cpu)?;
             assert_eq!(
                 one.input_ids.to_vec2::<u32>()?,

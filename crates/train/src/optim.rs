@@ -390,7 +390,8 @@ impl InplaceOp2 for MomentPass {
             .zip(grad.par_chunks(FUSED_CHUNK))
             .for_each(|(m, g)| {
                 for (m, &g) in m.iter_mut().zip(g) {
-                    let g = if scale == 1.0 { g } else { g * scale };
+                    // × 1.0 is exact, so an unclipped step computes what it did before.
+                    let g = g * scale;
                     let g = if square { g * g } else { g };
                     *m = *m * decay + g * gain;
                 }
@@ -513,7 +514,8 @@ fn decode(moment: &Moment, shape: &candle_core::Shape, kind: Kind) -> Result<Ten
     }
 }
 
-/// The global L2 norm of `grads` (f64 accumulation; f32 CPU gradients in one threaded pass without temporaries).
+/// The global L2 norm of `grads`: f32 CPU gradients in one threaded pass with f64 accumulation and no temporaries;
+/// others as an f32 sum of squares per tensor, summed in f64.
 pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum_sq = 0f64;
     for grad in grads.iter().flatten() {
@@ -531,11 +533,12 @@ pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
         drop(storage);
         sum_sq += match fused {
             Some(s) => s,
-            None => grad
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?,
+            None => f64::from(
+                grad.to_dtype(DType::F32)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f32>()?,
+            ),
         };
     }
     Ok(sum_sq.sqrt())
