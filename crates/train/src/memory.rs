@@ -185,7 +185,15 @@ mod tests {
     fn cpu_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
         let stat = "1234 (my train) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100 1000 50";
         assert_eq!(parse_cpu_ticks(stat), Some(300));
-        assert!(process_cpu_seconds().is_some_and(|s| s >= 0.0));
+        // This process's own counter advances with work done.
+        let before = process_cpu_seconds().expect("/proc/self/stat");
+        let start = std::time::Instant::now();
+        let mut spin = 0u64;
+        while start.elapsed().as_millis() < 60 {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let after = process_cpu_seconds().expect("/proc/self/stat");
+        assert!(after > before && before >= 0.0, "{before} → {after}");
     }
 
     #[test]
