@@ -38,21 +38,9 @@ WORK = ROOT / ".cache" / "bench-train"
 HF_DIR = WORK / "smollm2-135m-hf"
 
 
-def patch_rope_theta():
-    """transformers 5 writes `rope_parameters: {rope_theta}` only; our config reader (like transformers 4) reads a
-    top-level `rope_theta` and would silently fall back to 10000, so both keys are written."""
-    path = HF_DIR / "config.json"
-    config = json.loads(path.read_text())
-    theta = (config.get("rope_parameters") or {}).get("rope_theta")
-    if theta is not None and config.get("rope_theta") != theta:
-        config["rope_theta"] = theta
-        path.write_text(json.dumps(config, indent=2) + "\n")
-
-
 def convert_gguf():
     """GGUF → plain f32 HF directory (config.json, model.safetensors, tokenizer files), once."""
     if (HF_DIR / "model.safetensors").exists():
-        patch_rope_theta()
         return
     import torch
     from safetensors.torch import save_file
@@ -71,7 +59,6 @@ def convert_gguf():
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not (config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(state, str(HF_DIR / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(HF_DIR)
-    patch_rope_theta()
 
 
 def write_config(method, max_steps):
