@@ -10,11 +10,21 @@
 //! **Trained linear** (full fine-tuning): [`trained_linear`] makes the weight gradient once, in the weight's layout
 //! (see there).
 //!
-//! The LoRA node computes its forward with ordinary candle ops on detached inputs (no graph), then hands the result
-//! to one custom op over the real inputs whose CPU forward returns that result; the trained linear's CPU forward is
-//! a single gemm on the storages. Both backwards are given here.
-//! (The same device was tried for attention — keep only q, k, v and recompute the probabilities in backward: it
-//! saved 270 MiB at the same batch but cost 10% of the step, so attention stays composed.)
+//! **Attention** (both methods): [`attention`] keeps only the projections q, k, v and recomputes RoPE, the scores
+//! and the probabilities in backward; the composed ops keep 4956 more values per token and layer at 190 tokens.
+//!
+//! **Frozen MLP** (LoRA on attention only): [`frozen_mlp_residual`] runs pre-norm, SwiGLU and the residual add as one
+//! node that keeps the gate and up outputs only.
+//!
+//! Measured together (SmolLM2-135M, batch 2 × ≤256, 2 threads, 8-step runs of the `.cache/bench-train` configs,
+//! same losses to 6 digits): LoRA peak RSS 1638 → 1458 MiB with the MLP node → 1100 MiB with attention too, at the same step time (1.65–1.77 s with the attention
+//! node, 1.70–1.73 s without it), full 3361 → 2991 MiB and 3.39–3.48 → 3.09–3.31 s per step. What one forward keeps
+//! is listed by `cargo run --release -p model --example measure -- census lora` (LoRA, 190 tokens: 342 → 97 MiB
+//! of graph tensors, plus the frozen MLP's gate and up outputs, 67 MiB, held inside its node).
+//!
+//! Each node computes its forward with ordinary candle ops on detached inputs (no graph), then hands the result to
+//! one custom op over the real inputs whose CPU forward returns that result (the trained linear's CPU forward is a
+//! single gemm on the storages). The backwards are written out here.
 
 use std::sync::Mutex;
 
@@ -183,6 +193,317 @@ impl CustomOp2 for TrainedLinear {
     }
 }
 
+/// The frozen weights of a pre-norm SwiGLU MLP: `down(silu(gate(h)) ⊙ up(h))`, `h = rmsnorm(x)·gain`. Linear
+/// weights are `(out, in)`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenMlp<'a> {
+    /// The RMSNorm gain, `(hidden,)`.
+    pub gain: &'a Tensor,
+    /// The RMSNorm epsilon.
+    pub eps: f64,
+    /// `gate_proj.weight`, `(intermediate, hidden)`.
+    pub gate: &'a Tensor,
+    /// `up_proj.weight`, `(intermediate, hidden)`.
+    pub up: &'a Tensor,
+    /// `down_proj.weight`, `(hidden, intermediate)`.
+    pub down: &'a Tensor,
+}
+
+/// `x + down(silu(gate(h)) ⊙ up(h))` with `h = rmsnorm(x)·gain`, every weight frozen: the whole MLP half of a
+/// decoder block (pre-norm, SwiGLU, residual) as one graph node over `x (…, hidden)` (CPU, f32/f64; the caller
+/// falls back to composed ops elsewhere).
+///
+/// With frozen weights the backward needs only the gradient for `x`, for which the gate and up outputs suffice
+/// (besides `x`, which the residual stream keeps anyway). The composed ops also keep the normalised input, the
+/// normed-and-scaled input, the gated product and the down projection (that last one held by the residual add):
+/// 3 × hidden + intermediate values per token that a LoRA backward never reads.
+pub fn frozen_mlp_residual(x: &Tensor, mlp: FrozenMlp<'_>) -> candle_core::Result<Tensor> {
+    let x = x.contiguous()?;
+    let dims = x.dims().to_vec();
+    let hidden = dims.last().copied().unwrap_or(1);
+    let rows = x.elem_count() / hidden.max(1);
+    let (gate, up, out) = {
+        let x2 = x.detach().reshape((rows, hidden))?;
+        let h = crate::ops::rms_normalize_cpu(&x2, mlp.eps)?.broadcast_mul(mlp.gain)?;
+        let gate = h.matmul(&mlp.gate.t()?)?;
+        let up = h.matmul(&mlp.up.t()?)?;
+        let gated = crate::ops::silu_mul(&gate, &up)?;
+        let out = (x2 + gated.matmul(&mlp.down.t()?)?)?.reshape(dims)?;
+        (gate, up, out)
+    };
+    x.apply_op1(FrozenMlpResidual {
+        out: Precomputed::new(out),
+        gate,
+        up,
+        gain: mlp.gain.detach(),
+        eps: mlp.eps,
+        w_gate: mlp.gate.detach(),
+        w_up: mlp.up.detach(),
+        w_down: mlp.down.detach(),
+    })
+}
+
+struct FrozenMlpResidual {
+    out: Precomputed,
+    /// `h·W_gateᵀ` and `h·W_upᵀ`, `(rows, intermediate)`: all the backward keeps.
+    gate: Tensor,
+    up: Tensor,
+    gain: Tensor,
+    eps: f64,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMlpResidual {
+    fn name(&self) -> &'static str {
+        "frozen-mlp-residual"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.out.take_cpu(self.name())
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // y = x + (silu(g) ⊙ u)·W_downᵀ, g = h·W_gateᵀ, u = h·W_upᵀ, h = n(x)·gain:
+        //   d(gated) = dy·W_down,  (dg, du) from the SwiGLU backward,  dh = dg·W_gate + du·W_up,
+        //   dx = dy + n'(x)ᵀ·(dh ⊙ gain).
+        let hidden = x.dims().last().copied().unwrap_or(1);
+        let rows = x.elem_count() / hidden.max(1);
+        let x2 = x.detach().reshape((rows, hidden))?;
+        let dy2 = dy.detach().reshape((rows, hidden))?;
+        let grad_gated = dy2.matmul(&self.w_down)?;
+        let (grad_gate, grad_up) =
+            crate::ops::silu_mul_backward(&self.gate, &self.up, &grad_gated)?;
+        let grad_h = (grad_gate.matmul(&self.w_gate)? + grad_up.matmul(&self.w_up)?)?;
+        let grad_normed = grad_h.broadcast_mul(&self.gain)?;
+        let grad_x = (crate::ops::rms_normalize_backward(&x2, &grad_normed, self.eps)? + dy2)?;
+        Ok(Some(grad_x.reshape(x.shape())?))
+    }
+}
+
+/// Whether [`frozen_mlp_residual`] applies to an input: it is part of a graph (a training forward; otherwise there is
+/// no backward to save memory for), on the CPU, f32 or f64.
+pub(crate) fn frozen_mlp_applies(x: &Tensor) -> bool {
+    x.track_op() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// The constants of a causal grouped-query self-attention over one batch: `cos`/`sin (b, 1, t, head_dim)` RoPE
+/// tables and the additive `mask (b, 1, t, t)`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionParts<'a> {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (a divisor of `heads`).
+    pub kv_heads: usize,
+    /// Per-head width (even).
+    pub head_dim: usize,
+    /// RoPE cosine table.
+    pub cos: &'a Tensor,
+    /// RoPE sine table.
+    pub sin: &'a Tensor,
+    /// Additive attention mask, f32: 0 where a query may attend a key, `f32::MIN` elsewhere.
+    pub mask: &'a Tensor,
+}
+
+/// What the attention's backward needs, recomputed from the projections.
+struct AttentionInternals {
+    /// Rotated queries, `(b, kv_heads, groups·t, d)` (the query heads of one KV head stacked).
+    queries: Tensor,
+    /// Rotated keys, `(b, kv_heads, t, d)`.
+    keys: Tensor,
+    /// Values, `(b, kv_heads, t, d)`.
+    values: Tensor,
+    /// Attention probabilities, `(b, kv_heads, groups·t, t)`.
+    probs: Tensor,
+}
+
+impl AttentionParts<'_> {
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    /// RoPE, scores, masked softmax from the projections `q (b, t, heads·d)`, `k`/`v (b, t, kv_heads·d)`, on
+    /// detached tensors (no graph).
+    fn internals(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<AttentionInternals> {
+        let (b, t, _) = q.dims3()?;
+        let (nh, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let queries = crate::ops::rope_heads_first(&q.reshape((b, t, nh, d))?, self.cos, self.sin)?
+            .reshape((b, kvh, nh / kvh * t, d))?;
+        let keys = crate::ops::rope_heads_first(&k.reshape((b, t, kvh, d))?, self.cos, self.sin)?;
+        let values = v.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
+        let scores = queries.matmul(&keys.t()?)?.reshape((b, nh, t, t))?;
+        let probs = crate::ops::scaled_masked_softmax(&scores, self.scale(), Some(self.mask))?
+            .reshape((b, kvh, nh / kvh * t, t))?;
+        Ok(AttentionInternals {
+            queries,
+            keys,
+            values,
+            probs,
+        })
+    }
+}
+
+/// Causal grouped-query self-attention with RoPE, from the projections `q (b, t, heads·d)`, `k`/`v (b, t,
+/// kv_heads·d)` to the heads' outputs `(b, t, heads·d)`, as one graph node over `q`, `k`, `v` (CPU, f32/f64, no KV
+/// cache; the caller composes the ops elsewhere). The composed ops keep, per token and layer, both the projections
+/// and their rotated, head-major copies, the scores and the probabilities (`heads · t` values each) and the output
+/// before its transpose; this node keeps only its inputs and recomputes the rest in backward (RoPE, `QKᵀ`,
+/// softmax: a small part of the step next to the linears).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    parts: AttentionParts<'_>,
+) -> candle_core::Result<Tensor> {
+    let (b, t, _) = q.dims3()?;
+    let (nh, kvh, d) = (parts.heads, parts.kv_heads, parts.head_dim);
+    let out = {
+        let inner = parts.internals(q, k, v)?;
+        inner
+            .probs
+            .matmul(&inner.values)?
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * d))?
+    };
+    let constant = |c: &Tensor| c.detach();
+    q.apply_op3(
+        k,
+        v,
+        Attention {
+            out: Precomputed::new(out),
+            heads: nh,
+            kv_heads: kvh,
+            head_dim: d,
+            cos: constant(parts.cos),
+            sin: constant(parts.sin),
+            mask: constant(parts.mask),
+        },
+    )
+}
+
+struct Attention {
+    out: Precomputed,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.out.take_cpu(self.name())
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let parts = AttentionParts {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: &self.mask,
+        };
+        let (b, t, _) = q.dims3()?;
+        let (nh, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let inner = parts.internals(q, k, v)?;
+        // o = P·V with P = softmax(scale·Q·Kᵀ + mask), per KV head over its stacked query heads:
+        //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = softmax'(P, dP),  dQ = dS·K,  dK = dSᵀ·Q;  then RoPE's adjoint.
+        let grad_out = dy
+            .detach()
+            .reshape((b, t, nh, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, kvh, nh / kvh * t, d))?;
+        let grad_v = v
+            .track_op()
+            .then(|| {
+                inner
+                    .probs
+                    .t()?
+                    .matmul(&grad_out)?
+                    .transpose(1, 2)?
+                    .reshape((b, t, kvh * d))
+            })
+            .transpose()?;
+        let grad_probs = grad_out.matmul(&inner.values.t()?)?;
+        let grad_scores =
+            crate::ops::scaled_softmax_backward(&inner.probs, &grad_probs, parts.scale())?;
+        let grad_q = q
+            .track_op()
+            .then(|| {
+                let rotated = grad_scores.matmul(&inner.keys)?.reshape((b, nh, t, d))?;
+                crate::ops::rope_heads_first_adjoint(&rotated, &self.cos, &self.sin)?.reshape((
+                    b,
+                    t,
+                    nh * d,
+                ))
+            })
+            .transpose()?;
+        let grad_k = k
+            .track_op()
+            .then(|| {
+                let rotated = grad_scores.t()?.matmul(&inner.queries)?;
+                crate::ops::rope_heads_first_adjoint(&rotated, &self.cos, &self.sin)?.reshape((
+                    b,
+                    t,
+                    kvh * d,
+                ))
+            })
+            .transpose()?;
+        Ok((grad_q, grad_k, grad_v))
+    }
+}
+
+/// Whether [`attention`] applies: a training graph (some projection tracked), on the CPU, f32 or f64, the RoPE
+/// tables `(b, 1, t, head_dim)` and `head_dim` even.
+pub(crate) fn attention_applies(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    parts: &AttentionParts<'_>,
+) -> bool {
+    let Ok((b, t, _)) = q.dims3() else {
+        return false;
+    };
+    (q.track_op() || k.track_op() || v.track_op())
+        && q.device().is_cpu()
+        && matches!(q.dtype(), DType::F32 | DType::F64)
+        && q.dtype() == k.dtype()
+        && q.dtype() == v.dtype()
+        && parts.head_dim.is_multiple_of(2)
+        && parts.cos.dims() == [b, 1, t, parts.head_dim]
+        && parts.sin.dims() == [b, 1, t, parts.head_dim]
+}
+
 /// Whether the fused LoRA node applies: CPU, and the module's input `x` (so the model's dtype) equal to the adapter's
 /// dtype, f32 or f64 (a bf16 model keeps the composed ops, which cast only the rank-r side).
 pub(crate) fn lora_linear_applies(x: &Tensor, a: &Tensor) -> bool {
@@ -268,5 +589,129 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    fn random_nd(dims: &[usize], seed: u64) -> candle_core::Result<Tensor> {
+        let n: usize = dims.iter().product();
+        random((n, 1), seed)?.reshape(dims)
+    }
+
+    fn assert_gradients_match(
+        fused: &Tensor,
+        composed: &Tensor,
+        upstream: &Tensor,
+        vars: &[(&str, &Var)],
+    ) -> candle_core::Result<()> {
+        assert!(
+            max_diff(fused, composed)? < 1e-5,
+            "forward: {}",
+            max_diff(fused, composed)?
+        );
+        let g_fused = (fused * upstream)?.sum_all()?.backward()?;
+        let g_composed = (composed * upstream)?.sum_all()?.backward()?;
+        for (name, v) in vars {
+            let (gf, gc) = (
+                g_fused.get(v.as_tensor()).expect("fused gradient"),
+                g_composed.get(v.as_tensor()).expect("composed gradient"),
+            );
+            assert!(
+                max_diff(gf, gc)? < 1e-5,
+                "gradient of {name}: {}",
+                max_diff(gf, gc)?
+            );
+        }
+        Ok(())
+    }
+
+    /// The fused attention against attention written out per query head from candle's primitives (RoPE by
+    /// `rotate_half`, the shared KV head picked by index, candle's composed softmax): output and the gradients of
+    /// q, k and v, with grouped-query heads and a left-padded row.
+    #[test]
+    fn attention_matches_per_head_composed_attention() -> candle_core::Result<()> {
+        let (b, t, nh, kvh, d) = (2, 5, 4, 2, 6);
+        let q = Var::from_tensor(&random_nd(&[b, t, nh * d], 1)?)?;
+        let k = Var::from_tensor(&random_nd(&[b, t, kvh * d], 2)?)?;
+        let v = Var::from_tensor(&random_nd(&[b, t, kvh * d], 3)?)?;
+        let cos = random_nd(&[b, 1, t, d], 4)?;
+        let sin = random_nd(&[b, 1, t, d], 5)?;
+        // Causal; row 1 is left-padded by two positions (its queries never attend them).
+        let mut mask = vec![0f32; b * t * t];
+        for r in 0..b {
+            for i in 0..t {
+                for j in 0..t {
+                    if j > i || (r == 1 && j < 2) {
+                        mask[(r * t + i) * t + j] = f32::MIN;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, t, t), &Device::Cpu)?;
+        let parts = AttentionParts {
+            heads: nh,
+            kv_heads: kvh,
+            head_dim: d,
+            cos: &cos,
+            sin: &sin,
+            mask: &mask,
+        };
+        assert!(attention_applies(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &parts
+        ));
+        let fused = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), parts)?;
+
+        let heads_first = |x: &Tensor, h: usize| x.reshape((b, t, h, d))?.transpose(1, 2);
+        let qr = crate::ops::apply_rope(&heads_first(q.as_tensor(), nh)?, &cos, &sin)?;
+        let kr = crate::ops::apply_rope(&heads_first(k.as_tensor(), kvh)?, &cos, &sin)?;
+        let vh = heads_first(v.as_tensor(), kvh)?;
+        let mut outs = Vec::new();
+        for h in 0..nh {
+            let kv = h / (nh / kvh);
+            let scores = (qr.narrow(1, h, 1)?.matmul(&kr.narrow(1, kv, 1)?.t()?)?
+                * (1.0 / (d as f64).sqrt()))?
+            .broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+            outs.push(probs.matmul(&vh.narrow(1, kv, 1)?)?);
+        }
+        let composed = Tensor::cat(&outs, 1)?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * d))?;
+        let upstream = random_nd(&[b, t, nh * d], 6)?;
+        assert_gradients_match(
+            &fused,
+            &composed,
+            &upstream,
+            &[("q", &q), ("k", &k), ("v", &v)],
+        )
+    }
+
+    /// The frozen MLP node against `x + down(silu(gate(h)) ⊙ up(h))`, `h = rmsnorm(x)·gain`, from candle's
+    /// primitives: output and the gradient of x.
+    #[test]
+    fn frozen_mlp_residual_matches_composed_ops() -> candle_core::Result<()> {
+        let (b, t, hidden, inter, eps) = (2, 3, 8, 12, 1e-5);
+        let x = Var::from_tensor(&random_nd(&[b, t, hidden], 1)?)?;
+        let gain = (random_nd(&[hidden], 2)? + 1.0)?;
+        let (gate, up, down) = (
+            random((inter, hidden), 3)?,
+            random((inter, hidden), 4)?,
+            random((hidden, inter), 5)?,
+        );
+        let mlp = FrozenMlp {
+            gain: &gain,
+            eps,
+            gate: &gate,
+            up: &up,
+            down: &down,
+        };
+        assert!(frozen_mlp_applies(x.as_tensor()));
+        let fused = frozen_mlp_residual(x.as_tensor(), mlp)?;
+        let h = crate::ops::rms_normalize_composed(x.as_tensor(), eps)?.broadcast_mul(&gain)?;
+        let gated = (h.broadcast_matmul(&gate.t()?)?.silu()? * h.broadcast_matmul(&up.t()?)?)?;
+        let composed = (x.as_tensor() + gated.broadcast_matmul(&down.t()?)?)?;
+        let upstream = random_nd(&[b, t, hidden], 6)?;
+        assert_gradients_match(&fused, &composed, &upstream, &[("x", &x)])
     }
 }

@@ -74,6 +74,27 @@ impl Block {
         ]
     }
 
+    /// The MLP half's weights when none of them is trained (no adapter on `gate/up/down_proj`, the post-attention
+    /// norm frozen): then [`crate::fused::frozen_mlp_residual`] can run it.
+    fn frozen_mlp(&self, eps: f64) -> Option<crate::fused::FrozenMlp<'_>> {
+        fn frozen(linear: &Linear) -> Option<&Tensor> {
+            match (&linear.weight, &linear.adapter) {
+                (Param::Frozen(w), None) => Some(w),
+                _ => None,
+            }
+        }
+        let Param::Frozen(gain) = &self.post_attention_layernorm else {
+            return None;
+        };
+        Some(crate::fused::FrozenMlp {
+            gain,
+            eps,
+            gate: frozen(&self.mlp.gate_proj)?,
+            up: frozen(&self.mlp.up_proj)?,
+            down: frozen(&self.mlp.down_proj)?,
+        })
+    }
+
     pub(crate) fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
         match module {
             "q_proj" => Some(&mut self.self_attn.q_proj),
@@ -621,30 +642,49 @@ impl CausalLm {
         rng: &SeededRng,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let eps = c.rms_norm_eps;
-        let (b, t, _) = x.dims3()?;
+        let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let h = rms_norm(x, &block.input_layernorm, c.rms_norm_eps)?;
+        let a = &block.self_attn;
+        let (q, k, v) = (
+            a.q_proj.forward(&h, train, rng)?,
+            a.k_proj.forward(&h, train, rng)?,
+            a.v_proj.forward(&h, train, rng)?,
+        );
+        let parts = crate::fused::AttentionParts {
+            heads: nh,
+            kv_heads: kvh,
+            head_dim: d,
+            cos: &ctx.cos,
+            sin: &ctx.sin,
+            mask: &ctx.mask,
+        };
+        let attn = if cache.is_none() && crate::fused::attention_applies(&q, &k, &v, &parts) {
+            crate::fused::attention(&q, &k, &v, parts)?
+        } else {
+            self.attention_composed(&q, &k, &v, ctx, cache)?
+        };
+        let x = add(x, &a.o_proj.forward(&attn, train, rng)?)?;
+        self.mlp_half(block, &x, train, rng)
+    }
+
+    /// Attention from the projections `q (b, t, heads·d)`, `k`/`v (b, t, kv_heads·d)` in composed ops (any
+    /// device and dtype, with or without a KV cache), to `(b, t, heads·d)`.
+    fn attention_composed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &ForwardContext,
+        cache: Option<(&mut LayerKv, usize)>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = q.dims3()?;
         let (nh, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let groups = nh / kvh;
-
-        let h = rms_norm(x, &block.input_layernorm, eps)?;
-        let a = &block.self_attn;
         // Rotated and moved to `(b, heads, t, d)` in one op (no transposed copy of q or k).
-        let q = rope_heads_first(
-            &a.q_proj.forward(&h, train, rng)?.reshape((b, t, nh, d))?,
-            &ctx.cos,
-            &ctx.sin,
-        )?;
-        let k = rope_heads_first(
-            &a.k_proj.forward(&h, train, rng)?.reshape((b, t, kvh, d))?,
-            &ctx.cos,
-            &ctx.sin,
-        )?;
-        let v = a
-            .v_proj
-            .forward(&h, train, rng)?
-            .reshape((b, t, kvh, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = rope_heads_first(&q.reshape((b, t, nh, d))?, &ctx.cos, &ctx.sin)?;
+        let k = rope_heads_first(&k.reshape((b, t, kvh, d))?, &ctx.cos, &ctx.sin)?;
+        let v = v.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
         let (k, v) = match cache {
             None => (k, v),
             Some((kv, offset)) => {
@@ -662,16 +702,30 @@ impl CausalLm {
         let probs = scaled_masked_softmax(&scores, 1.0 / (d as f64).sqrt(), Some(&ctx.mask))?
             .to_dtype(self.dtype)?;
         let attn = matmul(&probs.reshape((b, kvh, groups * t, s))?, &v)?.reshape((b, nh, t, d))?;
-        let attn = attn.transpose(1, 2)?.reshape((b, t, nh * d))?;
-        let x = add(x, &a.o_proj.forward(&attn, train, rng)?)?;
+        attn.transpose(1, 2)?.reshape((b, t, nh * d))
+    }
 
-        let h = rms_norm(&x, &block.post_attention_layernorm, eps)?;
+    /// The MLP half of a block: `x + mlp(rmsnorm(x))`.
+    fn mlp_half(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        train: bool,
+        rng: &SeededRng,
+    ) -> candle_core::Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        if let Some(frozen) = block.frozen_mlp(eps)
+            && crate::fused::frozen_mlp_applies(x)
+        {
+            return crate::fused::frozen_mlp_residual(x, frozen);
+        }
+        let h = rms_norm(x, &block.post_attention_layernorm, eps)?;
         let m = &block.mlp;
         let gated = silu_mul(
             &m.gate_proj.forward(&h, train, rng)?,
             &m.up_proj.forward(&h, train, rng)?,
         )?;
-        add(&x, &m.down_proj.forward(&gated, train, rng)?)
+        add(x, &m.down_proj.forward(&gated, train, rng)?)
     }
 
     /// The final RMSNorm over the last block's output.

@@ -325,11 +325,39 @@ pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tenso
     let dtype = x.dtype();
     let xf = x.to_dtype(upcast_dtype(dtype))?;
     let normed = if xf.device().is_cpu() {
-        xf.contiguous()?.apply_op1(RmsNormalize { eps })?
+        rms_normalize_cpu(&xf, eps)?
     } else {
         rms_normalize_composed(&xf, eps)?
     };
     gain.mul(&normed.to_dtype(dtype)?)
+}
+
+/// The fused CPU normalisation `x / sqrt(mean(x²) + eps)` of a contiguous f32/f64 `x`, as a graph node.
+pub(crate) fn rms_normalize_cpu(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(RmsNormalize { eps })
+}
+
+/// The gradient of [`rms_normalize_cpu`] at `x` for the upstream gradient `dy` (no graph).
+pub(crate) fn rms_normalize_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &RmsNormalizeBackward { eps })
+}
+
+/// The gradients `(dg, du)` of `silu(g) ⊙ u` for the upstream gradient `dy` (CPU, f32/f64; no graph).
+pub(crate) fn silu_mul_backward(
+    g: &Tensor,
+    u: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let both =
+        g.contiguous()?
+            .apply_op3_no_bwd(&u.contiguous()?, &dy.contiguous()?, &SiluMulBackward)?;
+    let shape = g.shape();
+    Ok((both.get(0)?.reshape(shape)?, both.get(1)?.reshape(shape)?))
 }
 
 /// `x / sqrt(mean(x²) + eps)` over the last dimension from primitives (the reference for the fused op).
@@ -520,11 +548,7 @@ impl CustomOp1 for RmsNormalize {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let dx = arg.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &RmsNormalizeBackward { eps: self.eps },
-        )?;
-        Ok(Some(dx))
+        Ok(Some(rms_normalize_backward(arg, grad_res, self.eps)?))
     }
 }
 
@@ -553,6 +577,21 @@ fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
 /// `cos`/`sin: (b, 1, t, d)` constants.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     const_mul(x, cos)? + const_mul(&rotate_half(x)?, sin)?
+}
+
+/// The adjoint of [`rope_heads_first`] (its backward): `dy (b, h, t, d)` → `(b, t, h, d)`, CPU f32/f64, no graph.
+pub(crate) fn rope_heads_first_adjoint(
+    dy: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, h, t, d) = dy.dims4()?;
+    dy.contiguous()?.apply_op1_no_bwd(&RopeOp {
+        cos: constant_like(dy, cos)?.contiguous()?,
+        sin: constant_like(dy, sin)?.contiguous()?,
+        dims: (b, t, h, d),
+        adjoint: true,
+    })
 }
 
 /// Fused rotary embedding that also moves heads before time: `x (b, t, h, d)` → `(b, h, t, d)` equal to
@@ -790,12 +829,8 @@ impl CustomOp2 for SiluMul {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = gate.apply_op3_no_bwd(up, &grad_res.contiguous()?, &SiluMulBackward)?;
-        let shape = gate.shape();
-        Ok((
-            Some(both.get(0)?.reshape(shape)?),
-            Some(both.get(1)?.reshape(shape)?),
-        ))
+        let (dg, du) = silu_mul_backward(gate, up, grad_res)?;
+        Ok((Some(dg), Some(du)))
     }
 }
 
@@ -1099,11 +1134,7 @@ impl CustomOp1 for SoftmaxLast {
     ) -> candle_core::Result<Option<Tensor>> {
         // dx = scale · y ⊙ (dy − Σ_j dy_j y_j); the mask is a constant. (Built only on the CPU: see
         // `scaled_masked_softmax`.)
-        let dx = res.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &SoftmaxBackward { scale: self.scale },
-        )?;
-        Ok(Some(dx))
+        Ok(Some(scaled_softmax_backward(res, grad_res, self.scale)?))
     }
 }
 
@@ -1145,6 +1176,17 @@ impl PairKernel for SoftmaxBackward {
 }
 
 pair_backward_op!(SoftmaxBackward, "softmax-last-backward");
+
+/// The gradient of `softmax(x·scale + mask)` from its output `y` and the upstream gradient `dy` (CPU, f32/f64,
+/// no graph): `scale · y ⊙ (dy − Σ dy⊙y)` per row.
+pub(crate) fn scaled_softmax_backward(
+    y: &Tensor,
+    dy: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward { scale })
+}
 
 /// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward needs only the
 /// output, else (other devices and dtypes) candle's composed `softmax`.

@@ -106,6 +106,21 @@ fn lora_gradients_match_finite_differences() {
     finite_difference_check(&model);
 }
 
+/// The paper's LoRA (attention projections only): the MLP half of every block is frozen and runs as one fused node
+/// on the CPU, and attention as another, so this checks both backwards end to end.
+#[test]
+fn attention_lora_gradients_match_finite_differences() {
+    let lora = model::LoraConfig {
+        target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec(),
+        ..lora_all()
+    };
+    let model = tiny(DType::F64, &Trainable::Lora(lora));
+    perturb_lora_b(&model, 7);
+    finite_difference_check(&model);
+}
+
 /// Sizes of gradient-store entries that are not gradients of trainable variables.
 fn leftover_gradients(model: &CausalLm) -> Vec<Vec<usize>> {
     let grads = loss(model, true).backward().expect("backward");
