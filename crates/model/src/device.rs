@@ -38,6 +38,11 @@ pub fn select(spec: &str) -> Result<Device> {
 /// separate spinning barrier pool. With the model on [`on_compute_pool`], that pool's extra worker only competed
 /// with the matmul threads for the cores (measured on 2 cores, SmolLM2 LoRA steps: 155 → 161 tokens/s).
 ///
+/// It also sets `RAYON_NUM_THREADS`, when unset, to the size rayon gives its pools by default (the available
+/// parallelism): candle asks for the thread count on every matmul, and without that variable it counts physical
+/// cores through `num_cpus`, which parses `/proc/cpuinfo` each time (1.8 % of a SmolLM2 LoRA step's samples were
+/// the kernel printing that file, `perf record`). Pool sizes do not change.
+///
 /// On glibc it also keeps freed memory in the process for reuse (`mallopt`: buffers up to 1 GiB come from the heap,
 /// not from a fresh `mmap` whose every page faults on first touch and is unmapped on free; no trimming; the heap
 /// grows by 1 GiB at a time, which costs address space, not resident memory). Each training step frees and
@@ -51,6 +56,12 @@ pub unsafe fn set_cpu_runtime_defaults() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: the caller guarantees no other thread reads or writes the environment concurrently.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && let Ok(n) = std::thread::available_parallelism()
+    {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
