@@ -6,6 +6,8 @@
 //! cargo run --release -p model --example measure -- step full [MODEL]
 //! # batched greedy decoding, batch 8 × 64 new tokens
 //! cargo run --release -p model --example measure -- generate [MODEL]
+//! # what one training forward keeps for backward (one row of T tokens, default 190), by shape
+//! cargo run --release -p model --example measure -- census lora|full [T]
 //! ```
 //!
 //! `MODEL` is anything `ModelSource` resolves (an HF directory, a `.gguf` file); without it the model has random
@@ -201,6 +203,67 @@ fn gen_bench(source: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// Walks the graph of one training forward and tallies the activation storages it keeps alive (each storage once,
+/// by the shape of the largest node on it; parameters and constants excluded): what the backward will hold.
+fn census(mode: &str, tokens: usize) -> Result<()> {
+    use std::collections::BTreeMap;
+    let trainable = match mode {
+        "lora" => Trainable::Lora(LoraConfig::default()),
+        "full" => Trainable::Full,
+        other => bail!("census mode `{other}`: expected lora or full"),
+    };
+    let model = load(None, &trainable)?;
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<u32> = (0..tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
+    let ids = Tensor::from_vec(ids, (1, tokens), &Device::Cpu)?;
+    let mask = Tensor::ones((1, tokens), DType::U32, &Device::Cpu)?;
+    let hidden = model.forward_hidden(&ids, &mask, true)?;
+    let mut storages: BTreeMap<usize, (usize, Vec<usize>)> = BTreeMap::new();
+    for node in hidden.sorted_nodes() {
+        if node.is_variable() {
+            continue;
+        }
+        let key = {
+            let (s, _) = node.storage_and_layout();
+            &*s as *const candle_core::Storage as usize
+        };
+        let bytes = node.elem_count() * node.dtype().size_in_bytes();
+        let entry = storages.entry(key).or_default();
+        if bytes > entry.0 {
+            *entry = (bytes, node.dims().to_vec());
+        }
+    }
+    let mut by_op: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (bytes, dims) in storages.into_values() {
+        let entry = by_op.entry(format!("{dims:?}")).or_default();
+        entry.0 += 1;
+        entry.1 += bytes;
+    }
+    let layers = model.num_layers();
+    let total: usize = by_op.values().map(|v| v.1).sum();
+    println!(
+        "{mode}, one row of {tokens} tokens, {layers} layers: storages kept for backward, by shape"
+    );
+    let mut rows: Vec<_> = by_op.into_iter().collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
+    for (name, (count, bytes)) in rows {
+        println!(
+            "{:>9.1} MiB {:>6} storages {:>8.0} floats/token/layer  {name}",
+            bytes as f64 / 1048576.0,
+            count,
+            bytes as f64 / 4.0 / (tokens * layers) as f64
+        );
+    }
+    println!(
+        "{:>9.1} MiB total = {:.0} floats/token/layer",
+        total as f64 / 1048576.0,
+        total as f64 / 4.0 / (tokens * layers) as f64
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -209,6 +272,14 @@ fn main() -> Result<()> {
             args.get(2).map(String::as_str),
         ),
         Some("generate") => gen_bench(args.get(1).map(String::as_str)),
-        _ => bail!("usage: measure step lora|full [MODEL] | measure generate [MODEL]"),
+        Some("census") => census(
+            args.get(1).map_or("lora", String::as_str),
+            args.get(2)
+                .map_or(Ok(190), |t| t.parse())
+                .context("census: T")?,
+        ),
+        _ => bail!(
+            "usage: measure step lora|full [MODEL] | measure generate [MODEL] | measure census lora|full [T]"
+        ),
     }
 }
