@@ -17,10 +17,11 @@
 //! node that keeps the gate and up outputs only.
 //!
 //! Measured together (SmolLM2-135M, batch 2 × ≤256, 2 threads, 8-step runs of the `.cache/bench-train` configs,
-//! same losses to 6 digits): LoRA peak RSS 1638 → 1458 MiB with the MLP node → 1100 MiB with attention too, at the same step time (1.65–1.77 s with the attention
-//! node, 1.70–1.73 s without it), full 3361 → 2991 MiB and 3.39–3.48 → 3.09–3.31 s per step. What one forward keeps
-//! is listed by `cargo run --release -p model --example measure -- census lora` (LoRA, 190 tokens: 342 → 97 MiB
-//! of graph tensors, plus the frozen MLP's gate and up outputs, 67 MiB, held inside its node).
+//! same losses to 6 digits): LoRA peak RSS 1638 → 1458 MiB with the MLP node → 1100 MiB with attention too, at the
+//! same step time (1.65–1.77 s with the attention node, 1.70–1.73 s without it); full 3361 → 2991 MiB and
+//! 3.39–3.48 → 3.09–3.31 s per step. What one forward keeps is listed by `cargo run --release -p model --example
+//! measure -- census lora` (LoRA, 190 tokens: 342 → 97 MiB of graph tensors, plus the frozen MLP's gate and up
+//! outputs, 67 MiB, held inside its node).
 //!
 //! Each node computes its forward with ordinary candle ops on detached inputs (no graph), then hands the result to
 //! one custom op over the real inputs whose CPU forward returns that result (the trained linear's CPU forward is a
@@ -60,6 +61,23 @@ impl Precomputed {
         };
         Ok((storage, shape))
     }
+}
+
+/// The `cpu_fwd` of a three-input node whose result was computed ahead (a [`Precomputed`] in `self.out`).
+macro_rules! precomputed_cpu_fwd3 {
+    () => {
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            self.out.take_cpu(self.name())
+        }
+    };
 }
 
 /// `x·Wᵀ + scale·dropout(x)·Aᵀ·Bᵀ` for `x (m, in)`, a constant `w (out, in)`, `a (r, in)`, `b (out, r)`: one graph
@@ -108,17 +126,7 @@ impl CustomOp3 for LoraLinear {
         "lora-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.out.take_cpu(self.name())
-    }
+    precomputed_cpu_fwd3!();
 
     fn bwd(
         &self,
@@ -288,10 +296,10 @@ pub(crate) fn frozen_mlp_applies(x: &Tensor) -> bool {
     x.track_op() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// The constants of a causal grouped-query self-attention over one batch: `cos`/`sin (b, 1, t, head_dim)` RoPE
-/// tables and the additive `mask (b, 1, t, t)`.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionParts<'a> {
+/// The shape and constants of a causal grouped-query self-attention over one batch: `cos`/`sin (b, 1, t, head_dim)`
+/// RoPE tables and the additive `mask (b, 1, t, t)` (the node keeps them for its backward).
+#[derive(Debug, Clone)]
+pub struct AttentionParts {
     /// Query heads.
     pub heads: usize,
     /// Key/value heads (a divisor of `heads`).
@@ -299,11 +307,11 @@ pub struct AttentionParts<'a> {
     /// Per-head width (even).
     pub head_dim: usize,
     /// RoPE cosine table.
-    pub cos: &'a Tensor,
+    pub cos: Tensor,
     /// RoPE sine table.
-    pub sin: &'a Tensor,
+    pub sin: Tensor,
     /// Additive attention mask, f32: 0 where a query may attend a key, `f32::MIN` elsewhere.
-    pub mask: &'a Tensor,
+    pub mask: Tensor,
 }
 
 /// What the attention's backward needs, recomputed from the projections.
@@ -318,7 +326,7 @@ struct AttentionInternals {
     probs: Tensor,
 }
 
-impl AttentionParts<'_> {
+impl AttentionParts {
     fn scale(&self) -> f64 {
         1.0 / (self.head_dim as f64).sqrt()
     }
@@ -334,12 +342,13 @@ impl AttentionParts<'_> {
         let (b, t, _) = q.dims3()?;
         let (nh, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
         let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let queries = crate::ops::rope_heads_first(&q.reshape((b, t, nh, d))?, self.cos, self.sin)?
-            .reshape((b, kvh, nh / kvh * t, d))?;
-        let keys = crate::ops::rope_heads_first(&k.reshape((b, t, kvh, d))?, self.cos, self.sin)?;
+        let queries =
+            crate::ops::rope_heads_first(&q.reshape((b, t, nh, d))?, &self.cos, &self.sin)?
+                .reshape((b, kvh, nh / kvh * t, d))?;
+        let keys = crate::ops::rope_heads_first(&k.reshape((b, t, kvh, d))?, &self.cos, &self.sin)?;
         let values = v.reshape((b, t, kvh, d))?.transpose(1, 2)?.contiguous()?;
         let scores = queries.matmul(&keys.t()?)?.reshape((b, nh, t, t))?;
-        let probs = crate::ops::scaled_masked_softmax(&scores, self.scale(), Some(self.mask))?
+        let probs = crate::ops::scaled_masked_softmax(&scores, self.scale(), Some(&self.mask))?
             .reshape((b, kvh, nh / kvh * t, t))?;
         Ok(AttentionInternals {
             queries,
@@ -360,43 +369,31 @@ pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    parts: AttentionParts<'_>,
+    parts: AttentionParts,
 ) -> candle_core::Result<Tensor> {
     let (b, t, _) = q.dims3()?;
-    let (nh, kvh, d) = (parts.heads, parts.kv_heads, parts.head_dim);
     let out = {
         let inner = parts.internals(q, k, v)?;
         inner
             .probs
             .matmul(&inner.values)?
-            .reshape((b, nh, t, d))?
+            .reshape((b, parts.heads, t, parts.head_dim))?
             .transpose(1, 2)?
-            .reshape((b, t, nh * d))?
+            .reshape((b, t, parts.heads * parts.head_dim))?
     };
-    let constant = |c: &Tensor| c.detach();
     q.apply_op3(
         k,
         v,
         Attention {
             out: Precomputed::new(out),
-            heads: nh,
-            kv_heads: kvh,
-            head_dim: d,
-            cos: constant(parts.cos),
-            sin: constant(parts.sin),
-            mask: constant(parts.mask),
+            parts,
         },
     )
 }
 
 struct Attention {
     out: Precomputed,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    cos: Tensor,
-    sin: Tensor,
-    mask: Tensor,
+    parts: AttentionParts,
 }
 
 impl CustomOp3 for Attention {
@@ -404,17 +401,7 @@ impl CustomOp3 for Attention {
         "attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.out.take_cpu(self.name())
-    }
+    precomputed_cpu_fwd3!();
 
     fn bwd(
         &self,
@@ -424,16 +411,9 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let parts = AttentionParts {
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-            cos: &self.cos,
-            sin: &self.sin,
-            mask: &self.mask,
-        };
+        let parts = &self.parts;
         let (b, t, _) = q.dims3()?;
-        let (nh, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let (nh, kvh, d) = (parts.heads, parts.kv_heads, parts.head_dim);
         let inner = parts.internals(q, k, v)?;
         // o = P·V with P = softmax(scale·Q·Kᵀ + mask), per KV head over its stacked query heads:
         //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = softmax'(P, dP),  dQ = dS·K,  dK = dSᵀ·Q;  then RoPE's adjoint.
@@ -454,30 +434,27 @@ impl CustomOp3 for Attention {
                     .reshape((b, t, kvh * d))
             })
             .transpose()?;
+        if !q.track_op() && !k.track_op() {
+            return Ok((None, None, grad_v));
+        }
         let grad_probs = grad_out.matmul(&inner.values.t()?)?;
         let grad_scores =
             crate::ops::scaled_softmax_backward(&inner.probs, &grad_probs, parts.scale())?;
+        // The gradient for the unrotated projection `(b, t, heads·d)` of a rotated, head-major one.
+        let unrotate = |rotated: Tensor, heads: usize| {
+            crate::ops::rope_heads_first_adjoint(&rotated, &parts.cos, &parts.sin)?.reshape((
+                b,
+                t,
+                heads * d,
+            ))
+        };
         let grad_q = q
             .track_op()
-            .then(|| {
-                let rotated = grad_scores.matmul(&inner.keys)?.reshape((b, nh, t, d))?;
-                crate::ops::rope_heads_first_adjoint(&rotated, &self.cos, &self.sin)?.reshape((
-                    b,
-                    t,
-                    nh * d,
-                ))
-            })
+            .then(|| unrotate(grad_scores.matmul(&inner.keys)?.reshape((b, nh, t, d))?, nh))
             .transpose()?;
         let grad_k = k
             .track_op()
-            .then(|| {
-                let rotated = grad_scores.t()?.matmul(&inner.queries)?;
-                crate::ops::rope_heads_first_adjoint(&rotated, &self.cos, &self.sin)?.reshape((
-                    b,
-                    t,
-                    kvh * d,
-                ))
-            })
+            .then(|| unrotate(grad_scores.t()?.matmul(&inner.queries)?, kvh))
             .transpose()?;
         Ok((grad_q, grad_k, grad_v))
     }
@@ -489,7 +466,7 @@ pub(crate) fn attention_applies(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    parts: &AttentionParts<'_>,
+    parts: &AttentionParts,
 ) -> bool {
     let Ok((b, t, _)) = q.dims3() else {
         return false;
@@ -538,17 +515,7 @@ mod tests {
         let upstream = random((7, 10), 3)?;
         let fused = trained_linear(x.as_tensor(), w.as_tensor())?;
         let composed = x.as_tensor().matmul(&w.as_tensor().t()?)?;
-        assert!(max_diff(&fused, &composed)? < 1e-6);
-        let g_fused = (&fused * &upstream)?.sum_all()?.backward()?;
-        let g_composed = (&composed * &upstream)?.sum_all()?.backward()?;
-        for v in [&x, &w] {
-            let (gf, gc) = (
-                g_fused.get(v.as_tensor()).expect("fused gradient"),
-                g_composed.get(v.as_tensor()).expect("composed gradient"),
-            );
-            assert!(max_diff(gf, gc)? < 1e-5);
-        }
-        Ok(())
+        assert_gradients_match(&fused, &composed, 1e-6, &upstream, &[("x", &x), ("w", &w)])
     }
 
     /// The fused node against the same function from composed candle ops: output and the gradients of x, A, B,
@@ -570,23 +537,13 @@ mod tests {
             };
             let composed = (crate::ops::const_matmul_t(x.as_tensor(), &w)?
                 + ((dropped.matmul(&a.as_tensor().t()?)? * scale)?.matmul(&b.as_tensor().t()?))?)?;
-            assert!(
-                max_diff(&fused, &composed)? < 1e-6,
-                "forward, dropout {p:?}"
-            );
-            let g_fused = (&fused * &upstream)?.sum_all()?.backward()?;
-            let g_composed = (&composed * &upstream)?.sum_all()?.backward()?;
-            for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
-                let (gf, gc) = (
-                    g_fused.get(v.as_tensor()).expect("fused gradient"),
-                    g_composed.get(v.as_tensor()).expect("composed gradient"),
-                );
-                assert!(
-                    max_diff(gf, gc)? < 1e-5,
-                    "gradient of {name}, dropout {p:?}: {}",
-                    max_diff(gf, gc)?
-                );
-            }
+            assert_gradients_match(
+                &fused,
+                &composed,
+                1e-6,
+                &upstream,
+                &[("x", &x), ("A", &a), ("B", &b)],
+            )?;
         }
         Ok(())
     }
@@ -596,14 +553,17 @@ mod tests {
         random((n, 1), seed)?.reshape(dims)
     }
 
+    /// Asserts `fused` equals `composed` within `forward_tolerance` and that the gradients of `Σ output · upstream`
+    /// for every variable agree within 1e-5.
     fn assert_gradients_match(
         fused: &Tensor,
         composed: &Tensor,
+        forward_tolerance: f32,
         upstream: &Tensor,
         vars: &[(&str, &Var)],
     ) -> candle_core::Result<()> {
         assert!(
-            max_diff(fused, composed)? < 1e-5,
+            max_diff(fused, composed)? < forward_tolerance,
             "forward: {}",
             max_diff(fused, composed)?
         );
@@ -650,9 +610,9 @@ mod tests {
             heads: nh,
             kv_heads: kvh,
             head_dim: d,
-            cos: &cos,
-            sin: &sin,
-            mask: &mask,
+            cos: cos.clone(),
+            sin: sin.clone(),
+            mask: mask.clone(),
         };
         assert!(attention_applies(
             q.as_tensor(),
@@ -660,30 +620,41 @@ mod tests {
             v.as_tensor(),
             &parts
         ));
-        let fused = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), parts)?;
-
-        let heads_first = |x: &Tensor, h: usize| x.reshape((b, t, h, d))?.transpose(1, 2);
-        let qr = crate::ops::apply_rope(&heads_first(q.as_tensor(), nh)?, &cos, &sin)?;
-        let kr = crate::ops::apply_rope(&heads_first(k.as_tensor(), kvh)?, &cos, &sin)?;
-        let vh = heads_first(v.as_tensor(), kvh)?;
-        let mut outs = Vec::new();
-        for h in 0..nh {
-            let kv = h / (nh / kvh);
-            let scores = (qr.narrow(1, h, 1)?.matmul(&kr.narrow(1, kv, 1)?.t()?)?
-                * (1.0 / (d as f64).sqrt()))?
-            .broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
-            outs.push(probs.matmul(&vh.narrow(1, kv, 1)?)?);
-        }
-        let composed = Tensor::cat(&outs, 1)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * d))?;
+        let composed_attention = |q: &Tensor, k: &Tensor, v: &Tensor| {
+            let heads_first = |x: &Tensor, h: usize| x.reshape((b, t, h, d))?.transpose(1, 2);
+            let qr = crate::ops::apply_rope(&heads_first(q, nh)?, &cos, &sin)?;
+            let kr = crate::ops::apply_rope(&heads_first(k, kvh)?, &cos, &sin)?;
+            let vh = heads_first(v, kvh)?;
+            let mut outs = Vec::new();
+            for h in 0..nh {
+                let kv = h / (nh / kvh);
+                let scores = (qr.narrow(1, h, 1)?.matmul(&kr.narrow(1, kv, 1)?.t()?)?
+                    * (1.0 / (d as f64).sqrt()))?
+                .broadcast_add(&mask)?;
+                let probs = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+                outs.push(probs.matmul(&vh.narrow(1, kv, 1)?)?);
+            }
+            Tensor::cat(&outs, 1)?
+                .transpose(1, 2)?
+                .reshape((b, t, nh * d))
+        };
         let upstream = random_nd(&[b, t, nh * d], 6)?;
+        let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
         assert_gradients_match(
-            &fused,
-            &composed,
+            &attention(qt, kt, vt, parts.clone())?,
+            &composed_attention(qt, kt, vt)?,
+            1e-5,
             &upstream,
             &[("q", &q), ("k", &k), ("v", &v)],
+        )?;
+        // Only v trained (q and k constants): the node skips the score gradients and still gets v's right.
+        let (qc, kc) = (qt.detach(), kt.detach());
+        assert_gradients_match(
+            &attention(&qc, &kc, vt, parts)?,
+            &composed_attention(&qc, &kc, vt)?,
+            1e-5,
+            &upstream,
+            &[("v", &v)],
         )
     }
 
@@ -712,6 +683,6 @@ mod tests {
         let gated = (h.broadcast_matmul(&gate.t()?)?.silu()? * h.broadcast_matmul(&up.t()?)?)?;
         let composed = (x.as_tensor() + gated.broadcast_matmul(&down.t()?)?)?;
         let upstream = random_nd(&[b, t, hidden], 6)?;
-        assert_gradients_match(&fused, &composed, &upstream, &[("x", &x)])
+        assert_gradients_match(&fused, &composed, 1e-5, &upstream, &[("x", &x)])
     }
 }

@@ -654,9 +654,9 @@ impl CausalLm {
             heads: nh,
             kv_heads: kvh,
             head_dim: d,
-            cos: &ctx.cos,
-            sin: &ctx.sin,
-            mask: &ctx.mask,
+            cos: ctx.cos.clone(),
+            sin: ctx.sin.clone(),
+            mask: ctx.mask.clone(),
         };
         let attn = if cache.is_none() && crate::fused::attention_applies(&q, &k, &v, &parts) {
             crate::fused::attention(&q, &k, &v, parts)?
