@@ -447,6 +447,21 @@ fn pair_cpu_fwd(
     Ok((out, l1.shape().clone()))
 }
 
+/// The `CustomOp2::cpu_fwd` of an op that is a [`PairKernel`].
+macro_rules! pair_kernel_cpu_fwd {
+    () => {
+        fn cpu_fwd(
+            &self,
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
+        }
+    };
+}
+
 /// `CustomOp2` for a backward kernel (a [`PairKernel`] of two same-shaped inputs, itself never differentiated).
 macro_rules! pair_backward_op {
     ($op:ty, $name:literal) => {
@@ -455,15 +470,7 @@ macro_rules! pair_backward_op {
                 $name
             }
 
-            fn cpu_fwd(
-                &self,
-                s1: &CpuStorage,
-                l1: &Layout,
-                s2: &CpuStorage,
-                l2: &Layout,
-            ) -> candle_core::Result<(CpuStorage, Shape)> {
-                pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
-            }
+            pair_kernel_cpu_fwd!();
         }
     };
 }
@@ -812,15 +819,7 @@ impl CustomOp2 for SiluMul {
         "silu-mul"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        pair_cpu_fwd(self.name(), self, s1, l1, s2, l2)
-    }
+    pair_kernel_cpu_fwd!();
 
     fn bwd(
         &self,
