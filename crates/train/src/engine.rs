@@ -141,8 +141,9 @@ pub struct Engine {
 
 /// The whole-graph path on the CPU runs the rows of a micro-batch concurrently, each unpadded with its own graph,
 /// when the trainable parameters number at most this many (a LoRA run of a real model; any run of the tiny test
-/// model): every row in flight holds its own set of gradients. Measured on 2 cores, SmolLM2-135M, batch 2 × ≤256: LoRA (1.8 M trainable) 2.25 → 1.70 s per step;
-/// full fine-tuning (135 M) gained 6% for 540 MiB more peak memory, so it keeps the padded batch.
+/// model): every row in flight holds its own set of gradients. Measured on 2 cores, SmolLM2-135M, batch 2 × ≤256:
+/// LoRA (1.8 M trainable) 2.25 → 1.67 s per step; full fine-tuning (135 M) gained 6% for 540 MiB more peak memory,
+/// so it keeps the padded batch.
 pub const ROW_CONCURRENCY_MAX_GRAD: usize = 32 << 20;
 
 fn model_err(context: &str) -> impl FnOnce(model::Error) -> TrainError + '_ {
@@ -342,24 +343,22 @@ impl Engine {
             .and_then(|m| m.to_dtype(candle_core::DType::F32))
             .and_then(|m| m.to_vec1())
             .ctx("target mask")?;
-        let all_targets: Vec<u32> = batch
-            .targets
-            .reshape(n)
-            .and_then(|x| x.to_vec1())
-            .ctx("targets")?;
         let picked: Vec<u32> = (0..n as u32)
             .filter(|&i| weights[i as usize] != 0.0)
             .collect();
-        let device = normed.device();
         let mut loss_sum = 0f64;
         let mut grad_normed: Option<Tensor> = None;
         if !picked.is_empty() {
+            // The target positions' hidden states, targets and weights, gathered once on the device.
+            let index = Tensor::new(picked.as_slice(), normed.device()).ctx("target positions")?;
+            let pick = |x: &Tensor, dims: &[usize]| x.reshape(dims)?.index_select(&index, 0);
             let rows = normed_var
                 .as_tensor()
                 .narrow(1, 0, t - 1)
-                .and_then(|x| x.reshape((n, width)))
-                .and_then(|x| x.index_select(&Tensor::new(picked.as_slice(), device)?, 0))
+                .and_then(|x| pick(&x, &[n, width]))
                 .ctx("head rows")?;
+            let targets = pick(&batch.targets, &[n]).ctx("targets")?;
+            let mask = pick(&batch.target_mask, &[n]).ctx("target mask")?;
             let head_trained = lm.head_weight().is_trainable();
             let chunk = head_chunk_rows(
                 lm.config().vocab_size,
@@ -369,18 +368,9 @@ impl Engine {
             let mut start = 0;
             while start < picked.len() {
                 let len = chunk.min(picked.len() - start);
-                let span = &picked[start..start + len];
-                let targets: Vec<u32> = span.iter().map(|&i| all_targets[i as usize]).collect();
-                let mask: Vec<f32> = span.iter().map(|&i| weights[i as usize]).collect();
-                let logits = lm
-                    .lm_head(&rows.narrow(0, start, len).ctx("head chunk")?)
-                    .map_err(model_err("lm_head"))?;
-                let nll = loss::nll_rows(
-                    &logits,
-                    &Tensor::new(targets.as_slice(), device).ctx("head chunk")?,
-                    &Tensor::new(mask.as_slice(), device).ctx("head chunk")?,
-                )
-                .ctx("loss")?;
+                let span = |x: &Tensor| x.narrow(0, start, len).ctx("head chunk");
+                let logits = lm.lm_head(&span(&rows)?).map_err(model_err("lm_head"))?;
+                let nll = loss::nll_rows(&logits, &span(&targets)?, &span(&mask)?).ctx("loss")?;
                 loss_sum += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
                 let store = (nll * scale)
                     .ctx("scaling the loss")?
