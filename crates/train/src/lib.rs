@@ -30,7 +30,6 @@ pub mod error;
 pub mod loss;
 pub mod memory;
 pub mod optim;
-
 mod run;
 pub mod schedule;
 

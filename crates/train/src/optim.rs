@@ -549,22 +549,23 @@ pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     (max_norm / (norm + 1e-6)).min(1.0)
 }
 
-/// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm before clipping.
-/// (The trainer instead passes [`clip_factor`] to [`AdamW::step_scaled`], which fuses the scaling into the update.)
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let norm = grad_norm(grads)?;
-    let factor = clip_factor(norm, max_norm);
-    if factor < 1.0 {
-        for grad in grads.iter_mut().flatten() {
-            *grad = (&*grad * factor)?;
-        }
-    }
-    Ok(norm)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Scales `grads` in place so their global L2 norm is at most `max_norm`; returns the norm before clipping.
+    /// The trainer passes [`clip_factor`] to [`AdamW::step_scaled`] instead, which fuses the scaling into the update;
+    /// this is the unfused reference its test compares with.
+    fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+        let norm = grad_norm(grads)?;
+        let factor = clip_factor(norm, max_norm);
+        if factor < 1.0 {
+            for grad in grads.iter_mut().flatten() {
+                *grad = (&*grad * factor)?;
+            }
+        }
+        Ok(norm)
+    }
 
     fn config(moments: MomentFormat) -> AdamWConfig {
         AdamWConfig {
