@@ -45,6 +45,11 @@ fn adamw() -> AdamWConfig {
     }
 }
 
+/// The model in `dir` in f32 on the CPU, trained as `trainable` (adapters seeded with 3).
+fn f32_model(dir: &std::path::Path, trainable: &model::Trainable) -> model::CausalLm {
+    model::CausalLm::load(dir, DType::F32, &Device::Cpu, trainable, 3).expect("model")
+}
+
 /// Trains `steps` steps on one batch (tokenized for the model in `dir`); returns the per-step mean losses.
 fn overfit(lm: &model::CausalLm, dir: &std::path::Path, lr: f64, steps: usize) -> Vec<f64> {
     let optimizer = AdamW::new(lm.trainable_vars(), adamw()).expect("optimizer");
@@ -74,14 +79,7 @@ fn train_steps(
 
 #[test]
 fn full_fine_tuning_overfits_one_batch() {
-    let lm = model::CausalLm::load(
-        &tiny_model(),
-        DType::F32,
-        &Device::Cpu,
-        &model::Trainable::Full,
-        3,
-    )
-    .expect("model");
+    let lm = f32_model(&tiny_model(), &model::Trainable::Full);
     let losses = overfit(&lm, &tiny_model(), 3e-3, 40);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(
@@ -98,14 +96,7 @@ fn lora_overfits_one_batch_and_leaves_the_base_bit_identical() {
         dropout: 0.0,
         target_modules: model::lora::LINEAR_MODULES.map(String::from).to_vec(),
     };
-    let lm = model::CausalLm::load(
-        &tiny_model(),
-        DType::F32,
-        &Device::Cpu,
-        &model::Trainable::Lora(lora),
-        3,
-    )
-    .expect("model");
+    let lm = f32_model(&tiny_model(), &model::Trainable::Lora(lora));
     let before: Vec<(String, Vec<f32>)> = sorted_base(&lm);
     let losses = overfit(&lm, &tiny_model(), 1e-2, 80);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
@@ -137,14 +128,7 @@ fn concurrent_rows_train_like_the_padded_batch() {
         target_modules: model::lora::LINEAR_MODULES.map(String::from).to_vec(),
     };
     let curve = |concurrent: bool| {
-        let lm = model::CausalLm::load(
-            &tiny_model(),
-            DType::F32,
-            &Device::Cpu,
-            &model::Trainable::Lora(lora.clone()),
-            3,
-        )
-        .expect("model");
+        let lm = f32_model(&tiny_model(), &model::Trainable::Lora(lora.clone()));
         let optimizer = AdamW::new(lm.trainable_vars(), adamw()).expect("optimizer");
         let engine = Engine::new(&optimizer, &MemorySection::default(), Some(1.0))
             .with_rows_concurrently(concurrent);
@@ -187,14 +171,7 @@ fn paper_lora_overfits_one_batch_of_a_pretrained_model() {
         dropout: 0.0,
         ..model::LoraConfig::default()
     };
-    let lm = model::CausalLm::load(
-        &dir,
-        DType::F32,
-        &Device::Cpu,
-        &model::Trainable::Lora(lora),
-        3,
-    )
-    .expect("model");
+    let lm = f32_model(&dir, &model::Trainable::Lora(lora));
     let losses = overfit(&lm, &dir, 2e-3, 12);
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(
