@@ -205,6 +205,8 @@ fn gen_bench(source: Option<&str>) -> Result<()> {
 
 /// Walks the graph of one training forward and tallies the activation storages it keeps alive (each storage once,
 /// by the shape of the largest node on it; parameters and constants excluded): what the backward will hold.
+/// Tensors a custom node keeps inside itself are not graph nodes and are not counted (the frozen-MLP node's gate
+/// and up outputs: 2 × intermediate values per token and layer).
 fn census(mode: &str, tokens: usize) -> Result<()> {
     use std::collections::BTreeMap;
     let trainable = match mode {
