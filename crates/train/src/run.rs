@@ -840,14 +840,8 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
         let wall_seconds = state.progress.wall_seconds + segment_start.elapsed().as_secs_f64();
         let peak_memory_bytes = state.progress.peak_memory_bytes.max(peak.peak_bytes());
         on_event(Event::Validating { epoch });
-        let val_loss = validation_loss(
-            &engine,
-            &lm,
-            &data.val,
-            plan.optim.batch_size,
-            pad_id,
-            &setup.device,
-        )?;
+        let val_loss =
+            validation_loss(&lm, &data.val, plan.optim.batch_size, pad_id, &setup.device)?;
         let progress = std::mem::take(&mut state.progress);
         let record = record_base.record(
             epoch,
@@ -900,7 +894,6 @@ pub fn run(opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Out
 }
 
 fn validation_loss(
-    engine: &Engine,
     lm: &model::CausalLm,
     rows: &[TokenRow],
     batch_size: usize,
@@ -915,7 +908,7 @@ fn validation_loss(
     let refs: Vec<&TokenRow> = rows.iter().collect();
     for chunk in refs.chunks(batch_size) {
         let batch = batch::make_batch(chunk, pad_id, device).ctx("building a validation batch")?;
-        loss_sum += engine.eval_loss_sum(lm, &batch)?;
+        loss_sum += crate::engine::eval_loss_sum(lm, &batch)?;
         tokens += batch.target_tokens;
     }
     Ok(Some(loss_sum / tokens.max(1) as f64))
