@@ -1041,7 +1041,13 @@ fn softmax_rows<T: num_float::Float>(
                     .fold(T::neg_infinity(), num_float::Float::max);
                 let mut sum = T::zero();
                 for e in o.iter_mut() {
-                    *e = (*e - max).exp();
+                    // Masked entries (`f32::MIN` added) land far below the bound: half of a causal score matrix.
+                    let shifted = *e - max;
+                    *e = if shifted < T::EXP_IS_ZERO_BELOW {
+                        T::zero()
+                    } else {
+                        shifted.exp()
+                    };
                     sum += *e;
                 }
                 let inv = T::one() / sum;
@@ -1229,14 +1235,19 @@ pub(crate) mod num_float {
         + std::ops::Mul<Output = Self>
         + std::ops::Div<Output = Self>
     {
+        /// `exp(x)` rounds to exactly zero for every `x` below this (e⁻¹⁰⁴ ≈ 6.8e-46 is under half of f32's smallest
+        /// subnormal, e⁻⁷⁴⁶ ≈ 1.0e-324 under half of f64's): callers skip the call, whose underflow path (glibc's
+        /// `__math_uflowf`, which also sets `errno`) is several times slower than a normal `exp`.
+        const EXP_IS_ZERO_BELOW: Self;
         fn neg_infinity() -> Self;
         fn max(self, other: Self) -> Self;
         fn exp(self) -> Self;
         fn sqrt(self) -> Self;
     }
     macro_rules! float {
-        ($t:ty) => {
+        ($t:ty, $zero_below:expr) => {
             impl Float for $t {
+                const EXP_IS_ZERO_BELOW: Self = $zero_below;
                 fn neg_infinity() -> Self {
                     <$t>::NEG_INFINITY
                 }
@@ -1252,13 +1263,28 @@ pub(crate) mod num_float {
             }
         };
     }
-    float!(f32);
-    float!(f64);
+    float!(f32, -104.0);
+    float!(f64, -746.0);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The softmax skips `exp` below [`num_float::Float::EXP_IS_ZERO_BELOW`]: that must be where `exp` is zero
+    /// (so skipping changes no bit), and not far below where it stops being zero (so the bound does the work).
+    #[test]
+    fn exp_is_zero_below_the_softmax_bound() {
+        use num_float::Float;
+        for x in [f32::EXP_IS_ZERO_BELOW, -1e3, f32::MIN] {
+            assert_eq!(x.exp(), 0.0, "exp({x})");
+        }
+        assert!((f32::EXP_IS_ZERO_BELOW + 1.0).exp() > 0.0);
+        for x in [f64::EXP_IS_ZERO_BELOW, -1e4, f64::MIN] {
+            assert_eq!(x.exp(), 0.0, "exp({x})");
+        }
+        assert!((f64::EXP_IS_ZERO_BELOW + 2.0).exp() > 0.0);
+    }
     use candle_core::Device;
 
     #[test]
