@@ -13,15 +13,18 @@
 //! **Attention** (both methods): [`attention`] keeps only the projections q, k, v and recomputes RoPE, the scores
 //! and the probabilities in backward; the composed ops keep 4956 more values per token and layer at 190 tokens.
 //!
-//! **Frozen MLP** (LoRA on attention only): [`frozen_mlp_residual`] runs pre-norm, SwiGLU and the residual add as one
-//! node that keeps the gate and up outputs only.
+//! **Frozen MLP** (LoRA on attention only): [`frozen_mlp_residual`] runs the attention half's residual add, then
+//! pre-norm, SwiGLU and the MLP's residual add as one node that keeps the gate and up outputs only.
 //!
 //! Measured together (SmolLM2-135M, batch 2 × ≤256, 2 threads, 8-step runs of the `.cache/bench-train` configs,
 //! same losses to 6 digits): LoRA peak RSS 1638 → 1458 MiB with the MLP node → 1100 MiB with attention too, at the
 //! same step time (1.65–1.77 s with the attention node, 1.70–1.73 s without it); full 3361 → 2991 MiB and
 //! 3.39–3.48 → 3.09–3.31 s per step. What one forward keeps is listed by `cargo run --release -p model --example
 //! measure -- census lora` (LoRA, 190 tokens: 342 → 97 MiB of graph tensors, plus the frozen MLP's gate and up
-//! outputs, 67 MiB, held inside its node).
+//! outputs, 67 MiB, held inside its node). Folding the attention half's residual add into the MLP node and the
+//! frozen norm gain into the norm node (`ops::rms_norm`) took 2 × hidden more values per token and layer out: census
+//! at 384 tokens 4454 → 3302 values per token and layer; LoRA 10-step runs of `ed0.05.toml` (batch 2 × ≤384,
+//! dropout 0.05) peak RSS 1311 → 1214 MiB, same losses, same step time (2.24 s, back to back).
 //!
 //! Each node computes its forward with ordinary candle ops on detached inputs (no graph), then hands the result to
 //! one custom op over the real inputs whose CPU forward returns that result (the trained linear's CPU forward is a
@@ -217,21 +220,26 @@ pub struct FrozenMlp<'a> {
     pub down: &'a Tensor,
 }
 
-/// `x + down(silu(gate(h)) ⊙ up(h))` with `h = rmsnorm(x)·gain`, every weight frozen: the whole MLP half of a
-/// decoder block (pre-norm, SwiGLU, residual) as one graph node over `x (…, hidden)` (CPU, f32/f64; the caller
-/// falls back to composed ops elsewhere).
+/// `x + down(silu(gate(h)) ⊙ up(h))` with `x = residual + branch` and `h = rmsnorm(x)·gain`, every weight frozen:
+/// the residual add that closes a block's attention half and the whole MLP half (pre-norm, SwiGLU, residual) as one
+/// graph node over `residual` and `branch (…, hidden)` (CPU, f32/f64; the caller falls back to composed ops
+/// elsewhere).
 ///
-/// With frozen weights the backward needs only the gradient for `x`, for which the gate and up outputs suffice
-/// (besides `x`, which the residual stream keeps anyway). The composed ops also keep the normalised input, the
-/// normed-and-scaled input, the gated product and the down projection (that last one held by the residual add):
-/// 3 × hidden + intermediate values per token that a LoRA backward never reads.
-pub fn frozen_mlp_residual(x: &Tensor, mlp: FrozenMlp<'_>) -> candle_core::Result<Tensor> {
-    let x = x.contiguous()?;
-    let dims = x.dims().to_vec();
+/// With frozen weights the backward needs only the gradient for `x` (which both inputs receive), for which the gate
+/// and up outputs suffice besides `x` itself, recomputed from the inputs: the residual stream keeps `residual` for
+/// the attention half's norm anyway, and `branch` is all the node adds. The composed ops also keep the normalised
+/// input, the normed-and-scaled input, the gated product, the down projection (held by the residual add) and `x`
+/// (held by the add before it): 4 × hidden + intermediate values per token that a LoRA backward never reads.
+pub fn frozen_mlp_residual(
+    residual: &Tensor,
+    branch: &Tensor,
+    mlp: FrozenMlp<'_>,
+) -> candle_core::Result<Tensor> {
+    let dims = residual.dims().to_vec();
     let hidden = dims.last().copied().unwrap_or(1);
-    let rows = x.elem_count() / hidden.max(1);
+    let rows = residual.elem_count() / hidden.max(1);
     let (gate, up, out) = {
-        let x2 = x.detach().reshape((rows, hidden))?;
+        let x2 = (residual.detach() + branch.detach())?.reshape((rows, hidden))?;
         let h = crate::ops::rms_normalize_cpu(&x2, mlp.eps)?.broadcast_mul(mlp.gain)?;
         let gate = h.matmul(&mlp.gate.t()?)?;
         let up = h.matmul(&mlp.up.t()?)?;
@@ -239,16 +247,19 @@ pub fn frozen_mlp_residual(x: &Tensor, mlp: FrozenMlp<'_>) -> candle_core::Resul
         let out = (x2 + gated.matmul(&mlp.down.t()?)?)?.reshape(dims)?;
         (gate, up, out)
     };
-    x.apply_op1(FrozenMlpResidual {
-        out: Precomputed::new(out),
-        gate,
-        up,
-        gain: mlp.gain.detach(),
-        eps: mlp.eps,
-        w_gate: mlp.gate.detach(),
-        w_up: mlp.up.detach(),
-        w_down: mlp.down.detach(),
-    })
+    residual.apply_op2(
+        branch,
+        FrozenMlpResidual {
+            out: Precomputed::new(out),
+            gate,
+            up,
+            gain: mlp.gain.detach(),
+            eps: mlp.eps,
+            w_gate: mlp.gate.detach(),
+            w_up: mlp.up.detach(),
+            w_down: mlp.down.detach(),
+        },
+    )
 }
 
 struct FrozenMlpResidual {
@@ -263,37 +274,59 @@ struct FrozenMlpResidual {
     w_down: Tensor,
 }
 
-impl candle_core::CustomOp1 for FrozenMlpResidual {
+impl CustomOp2 for FrozenMlpResidual {
     fn name(&self) -> &'static str {
         "frozen-mlp-residual"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.out.take_cpu(self.name())
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        // y = x + (silu(g) ⊙ u)·W_downᵀ, g = h·W_gateᵀ, u = h·W_upᵀ, h = n(x)·gain:
+    fn bwd(
+        &self,
+        residual: &Tensor,
+        branch: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = x + (silu(g) ⊙ u)·W_downᵀ, x = residual + branch, g = h·W_gateᵀ, u = h·W_upᵀ, h = n(x)·gain:
         //   d(gated) = dy·W_down,  (dg, du) from the SwiGLU backward,  dh = dg·W_gate + du·W_up,
-        //   dx = dy + n'(x)ᵀ·(dh ⊙ gain).
-        let hidden = x.dims().last().copied().unwrap_or(1);
-        let rows = x.elem_count() / hidden.max(1);
-        let x2 = x.detach().reshape((rows, hidden))?;
+        //   dx = dy + n'(x)ᵀ·(dh ⊙ gain),  d(residual) = d(branch) = dx.
+        let hidden = residual.dims().last().copied().unwrap_or(1);
+        let rows = residual.elem_count() / hidden.max(1);
+        let x2 = (residual.detach() + branch.detach())?.reshape((rows, hidden))?;
         let dy2 = dy.detach().reshape((rows, hidden))?;
         let grad_gated = dy2.matmul(&self.w_down)?;
         let (grad_gate, grad_up) =
             crate::ops::silu_mul_backward(&self.gate, &self.up, &grad_gated)?;
         let grad_h = (grad_gate.matmul(&self.w_gate)? + grad_up.matmul(&self.w_up)?)?;
         let grad_normed = grad_h.broadcast_mul(&self.gain)?;
-        let grad_x = (crate::ops::rms_normalize_backward(&x2, &grad_normed, self.eps)? + dy2)?;
-        Ok(Some(grad_x.reshape(x.shape())?))
+        let grad_x = (crate::ops::rms_normalize_backward(&x2, &grad_normed, self.eps)? + dy2)?
+            .reshape(residual.shape())?;
+        // An untracked input (the embeddings below the first block) would only store a gradient nobody reads.
+        Ok((
+            residual.track_op().then(|| grad_x.clone()),
+            branch.track_op().then_some(grad_x),
+        ))
     }
 }
 
-/// Whether [`frozen_mlp_residual`] applies to an input: it is part of a graph (a training forward; otherwise there is
-/// no backward to save memory for), on the CPU, f32 or f64.
-pub(crate) fn frozen_mlp_applies(x: &Tensor) -> bool {
-    x.track_op() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+/// Whether [`frozen_mlp_residual`] applies to its inputs: part of a graph (a training forward; otherwise there is
+/// no backward to save memory for), on the CPU, f32 or f64, the same shape and dtype.
+pub(crate) fn frozen_mlp_applies(residual: &Tensor, branch: &Tensor) -> bool {
+    (residual.track_op() || branch.track_op())
+        && residual.device().is_cpu()
+        && branch.device().is_cpu()
+        && matches!(residual.dtype(), DType::F32 | DType::F64)
+        && residual.dtype() == branch.dtype()
+        && residual.dims() == branch.dims()
 }
 
 /// The shape and constants of a causal grouped-query self-attention over one batch: `cos`/`sin (b, 1, t, head_dim)`
@@ -658,12 +691,13 @@ mod tests {
         )
     }
 
-    /// The frozen MLP node against `x + down(silu(gate(h)) ⊙ up(h))`, `h = rmsnorm(x)·gain`, from candle's
-    /// primitives: output and the gradient of x.
+    /// The frozen MLP node against `x + down(silu(gate(h)) ⊙ up(h))`, `x = residual + branch`,
+    /// `h = rmsnorm(x)·gain`, from candle's primitives: output and the gradients of both inputs.
     #[test]
     fn frozen_mlp_residual_matches_composed_ops() -> candle_core::Result<()> {
         let (b, t, hidden, inter, eps) = (2, 3, 8, 12, 1e-5);
-        let x = Var::from_tensor(&random_nd(&[b, t, hidden], 1)?)?;
+        let residual = Var::from_tensor(&random_nd(&[b, t, hidden], 1)?)?;
+        let branch = Var::from_tensor(&random_nd(&[b, t, hidden], 7)?)?;
         let gain = (random_nd(&[hidden], 2)? + 1.0)?;
         let (gate, up, down) = (
             random((inter, hidden), 3)?,
@@ -677,12 +711,20 @@ mod tests {
             up: &up,
             down: &down,
         };
-        assert!(frozen_mlp_applies(x.as_tensor()));
-        let fused = frozen_mlp_residual(x.as_tensor(), mlp)?;
-        let h = crate::ops::rms_normalize_composed(x.as_tensor(), eps)?.broadcast_mul(&gain)?;
+        let (r, x_branch) = (residual.as_tensor(), branch.as_tensor());
+        assert!(frozen_mlp_applies(r, x_branch));
+        let fused = frozen_mlp_residual(r, x_branch, mlp)?;
+        let x = (r + x_branch)?;
+        let h = crate::ops::rms_normalize_composed(&x, eps)?.broadcast_mul(&gain)?;
         let gated = (h.broadcast_matmul(&gate.t()?)?.silu()? * h.broadcast_matmul(&up.t()?)?)?;
-        let composed = (x.as_tensor() + gated.broadcast_matmul(&down.t()?)?)?;
+        let composed = (x + gated.broadcast_matmul(&down.t()?)?)?;
         let upstream = random_nd(&[b, t, hidden], 6)?;
-        assert_gradients_match(&fused, &composed, 1e-5, &upstream, &[("x", &x)])
+        assert_gradients_match(
+            &fused,
+            &composed,
+            1e-5,
+            &upstream,
+            &[("residual", &residual), ("branch", &branch)],
+        )
     }
 }

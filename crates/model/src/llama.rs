@@ -663,8 +663,8 @@ impl CausalLm {
         } else {
             self.attention_composed(&q, &k, &v, ctx, cache)?
         };
-        let x = add(x, &a.o_proj.forward(&attn, train, rng)?)?;
-        self.mlp_half(block, &x, train, rng)
+        let attn_out = a.o_proj.forward(&attn, train, rng)?;
+        self.mlp_half(block, x, &attn_out, train, rng)
     }
 
     /// Attention from the projections `q (b, t, heads·d)`, `k`/`v (b, t, kv_heads·d)` in composed ops (any
@@ -705,20 +705,23 @@ impl CausalLm {
         attn.transpose(1, 2)?.reshape((b, t, nh * d))
     }
 
-    /// The MLP half of a block: `x + mlp(rmsnorm(x))`.
+    /// The attention half's residual add and the MLP half of a block: `x + mlp(rmsnorm(x))`,
+    /// `x = residual + attn_out`.
     fn mlp_half(
         &self,
         block: &Block,
-        x: &Tensor,
+        residual: &Tensor,
+        attn_out: &Tensor,
         train: bool,
         rng: &SeededRng,
     ) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps;
         if let Some(frozen) = block.frozen_mlp(eps)
-            && crate::fused::frozen_mlp_applies(x)
+            && crate::fused::frozen_mlp_applies(residual, attn_out)
         {
-            return crate::fused::frozen_mlp_residual(x, frozen);
+            return crate::fused::frozen_mlp_residual(residual, attn_out, frozen);
         }
+        let x = &add(residual, attn_out)?;
         let h = rms_norm(x, &block.post_attention_layernorm, eps)?;
         let m = &block.mlp;
         let gated = silu_mul(

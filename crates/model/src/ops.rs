@@ -320,8 +320,18 @@ pub fn upcast_dtype(dtype: DType) -> DType {
 
 /// RMSNorm as HF computes it: in f32, `gain * (x / sqrt(mean(x²) + eps)).to(x.dtype)`. On the CPU the
 /// normalisation is one fused op (threaded over rows, backward recomputes the row scale from the input, so only the
-/// input is kept); elsewhere it is composed from differentiable primitives.
+/// input is kept), and with a frozen gain in the input's dtype (f32/f64) the scaling joins it in the same node;
+/// elsewhere it is composed from differentiable primitives.
 pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tensor> {
+    if let Param::Frozen(g) = gain
+        && x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && g.dtype() == x.dtype()
+    {
+        return x
+            .contiguous()?
+            .apply_op1(RmsNormFrozenGain::new(g.detach(), eps)?);
+    }
     let dtype = x.dtype();
     let xf = x.to_dtype(upcast_dtype(dtype))?;
     let normed = if xf.device().is_cpu() {
@@ -480,7 +490,14 @@ struct RmsNormalize {
     eps: f64,
 }
 
-fn rms_normalize_rows<T: num_float::Float>(x: &[T], width: usize, eps: f64) -> Vec<T> {
+/// Rows of `x / sqrt(mean(x²) + eps)`, then times `gain` (one value per column) when given: `(x·r)·g`, the two
+/// roundings of normalising and then scaling.
+fn rms_normalize_rows<T: num_float::Float>(
+    x: &[T],
+    width: usize,
+    eps: f64,
+    gain: Option<&[T]>,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let n = T::from_f64(width as f64);
     let eps = T::from_f64(eps);
@@ -491,8 +508,17 @@ fn rms_normalize_rows<T: num_float::Float>(x: &[T], width: usize, eps: f64) -> V
             for (o, xr) in o.chunks_mut(width).zip(xs.chunks(width)) {
                 let ss = xr.iter().fold(T::zero(), |a, &v| a + v * v);
                 let r = T::one() / (ss / n + eps).sqrt();
-                for (o, &v) in o.iter_mut().zip(xr) {
-                    *o = v * r;
+                match gain {
+                    Some(g) => {
+                        for ((o, &v), &g) in o.iter_mut().zip(xr).zip(g) {
+                            *o = v * r * g;
+                        }
+                    }
+                    None => {
+                        for (o, &v) in o.iter_mut().zip(xr) {
+                            *o = v * r;
+                        }
+                    }
                 }
             }
         });
@@ -532,7 +558,68 @@ fn rms_normalize_backward_rows<T: num_float::Float>(
 
 impl RowKernel for RmsNormalize {
     fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T> {
-        rms_normalize_rows(x, width, self.eps)
+        rms_normalize_rows(x, width, self.eps, None)
+    }
+}
+
+/// RMSNorm with a frozen gain, `normalize(x) ⊙ gain`, as one node over `x` (CPU, f32/f64): its backward recomputes
+/// the row scale from `x` and needs nothing else. The pair of nodes it replaces (normalise, then scale by a
+/// constant) also kept the normalised copy, one more hidden-sized tensor per norm (LoRA: two norms per block).
+struct RmsNormFrozenGain {
+    eps: f64,
+    /// `(hidden,)`, the input's dtype.
+    gain: Tensor,
+    /// The same values, read by the forward kernel (exact in either float type).
+    gain_values: Vec<f64>,
+}
+
+impl RmsNormFrozenGain {
+    fn new(gain: Tensor, eps: f64) -> candle_core::Result<Self> {
+        let gain_values = gain.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        Ok(Self {
+            eps,
+            gain,
+            gain_values,
+        })
+    }
+}
+
+impl RowKernel for RmsNormFrozenGain {
+    fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T> {
+        let gain: Vec<T> = self.gain_values.iter().map(|&g| T::from_f64(g)).collect();
+        rms_normalize_rows(x, width, self.eps, Some(&gain))
+    }
+}
+
+impl CustomOp1 for RmsNormFrozenGain {
+    fn name(&self) -> &'static str {
+        "rms-norm-frozen-gain"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let width = layout.dims().last().copied().unwrap_or(0);
+        if width != self.gain_values.len() {
+            candle_core::bail!(
+                "{}: input width {width} but {} gain values",
+                self.name(),
+                self.gain_values.len()
+            );
+        }
+        row_cpu_fwd(self.name(), self, storage, layout)
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad_normed = grad_res.broadcast_mul(&self.gain)?;
+        Ok(Some(rms_normalize_backward(arg, &grad_normed, self.eps)?))
     }
 }
 
@@ -1394,6 +1481,42 @@ mod tests {
         let reference = gain.mul(&rms_normalize_composed(&xf, 1e-5)?)?;
         let diff = (ours - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "f32 diff {diff}");
+        Ok(())
+    }
+
+    /// `rms_norm` with a frozen gain is one node: the same bits as normalising and then scaling (the two nodes it
+    /// replaces), and the gradient of the composed ops, in f64 and f32.
+    #[test]
+    fn rms_norm_with_a_frozen_gain_matches_the_two_node_form() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let eps = 1e-5;
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(
+                &Tensor::from_vec(data(2 * 3 * 8, 1), (2, 3, 8), &dev)?.to_dtype(dtype)?,
+            )?;
+            let upstream = Tensor::from_vec(data(48, 2), (2, 3, 8), &dev)?.to_dtype(dtype)?;
+            let gain = Tensor::from_vec(data(8, 3), 8, &dev)?.to_dtype(dtype)?;
+            let fused = rms_norm(x.as_tensor(), &Param::Frozen(gain.clone()), eps)?;
+            let two_nodes = const_mul(&rms_normalize_cpu(x.as_tensor(), eps)?, &gain)?;
+            let bits = |t: &Tensor| -> candle_core::Result<Vec<f64>> {
+                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
+            };
+            assert_eq!(bits(&fused)?, bits(&two_nodes)?, "{dtype:?} forward");
+            let composed = rms_normalize_composed(x.as_tensor(), eps)?.broadcast_mul(&gain)?;
+            let g1 = (fused * &upstream)?.sum_all()?.backward()?;
+            let g2 = (composed * &upstream)?.sum_all()?.backward()?;
+            let (g1, g2) = (
+                g1.get(x.as_tensor()).expect("fused gradient"),
+                g2.get(x.as_tensor()).expect("composed gradient"),
+            );
+            let diff = (g1 - g2)?
+                .abs()?
+                .max_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            let tolerance = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+            assert!(diff < tolerance, "{dtype:?} backward diff {diff}");
+        }
         Ok(())
     }
 
