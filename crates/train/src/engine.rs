@@ -223,8 +223,9 @@ impl Engine {
             for layer in 0..layers {
                 rng_before.push(rng.state());
                 if self.levers.recompute {
+                    // `train = true`: the dropout drawn here is the one the recompute replays.
                     let out = lm
-                        .block_forward(layer, &hidden, &ctx, false)
+                        .block_forward(layer, &hidden, &ctx, true)
                         .map_err(model_err("block forward"))?;
                     inputs.push(hidden);
                     hidden = out.detach();
