@@ -23,8 +23,9 @@
 //! measure -- census lora` (LoRA, 190 tokens: 342 → 97 MiB of graph tensors, plus the frozen MLP's gate and up
 //! outputs, 67 MiB, held inside its node). Folding the attention half's residual add into the MLP node and the
 //! frozen norm gain into the norm node (`ops::rms_norm`) took 2 × hidden more values per token and layer out: census
-//! at 384 tokens 4454 → 3302 values per token and layer; LoRA 10-step runs of `ed0.05.toml` (batch 2 × ≤384,
-//! dropout 0.05) peak RSS 1311 → 1214 MiB, same losses, same step time (2.24 s, back to back).
+//! at 384 tokens 4454 → 3302 values per token and layer; LoRA peak RSS 1311 → 1214 MiB, same losses, same step time
+//! (2.24 s), back to back, in 10-step runs of `train --config out/configs/smollm2_lora.toml --max-steps 10` (the
+//! config `scripts/reproduce.sh --dry-run` derives: batch 2 × ≤384, dropout 0.05).
 //!
 //! Each node computes its forward with ordinary candle ops on detached inputs (no graph), then hands the result to
 //! one custom op over the real inputs whose CPU forward returns that result (the trained linear's CPU forward is a
@@ -66,17 +67,13 @@ impl Precomputed {
     }
 }
 
-/// The `cpu_fwd` of a three-input node whose result was computed ahead (a [`Precomputed`] in `self.out`).
-macro_rules! precomputed_cpu_fwd3 {
-    () => {
+/// The `cpu_fwd` of a node whose result was computed ahead (a [`Precomputed`] in `self.out`); one storage and
+/// layout parameter name pair per input.
+macro_rules! precomputed_cpu_fwd {
+    ($($storage:ident $layout:ident),+) => {
         fn cpu_fwd(
             &self,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
-            _: &CpuStorage,
-            _: &Layout,
+            $($storage: &CpuStorage, $layout: &Layout),+
         ) -> candle_core::Result<(CpuStorage, Shape)> {
             self.out.take_cpu(self.name())
         }
@@ -129,7 +126,7 @@ impl CustomOp3 for LoraLinear {
         "lora-linear"
     }
 
-    precomputed_cpu_fwd3!();
+    precomputed_cpu_fwd!(_x _x_layout, _a _a_layout, _b _b_layout);
 
     fn bwd(
         &self,
@@ -279,15 +276,7 @@ impl CustomOp2 for FrozenMlpResidual {
         "frozen-mlp-residual"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.out.take_cpu(self.name())
-    }
+    precomputed_cpu_fwd!(_residual _residual_layout, _branch _branch_layout);
 
     fn bwd(
         &self,
@@ -434,7 +423,7 @@ impl CustomOp3 for Attention {
         "attention"
     }
 
-    precomputed_cpu_fwd3!();
+    precomputed_cpu_fwd!(_q _q_layout, _k _k_layout, _v _v_layout);
 
     fn bwd(
         &self,

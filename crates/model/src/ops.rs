@@ -330,7 +330,7 @@ pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tenso
     {
         return x
             .contiguous()?
-            .apply_op1(RmsNormFrozenGain::new(g.detach(), eps)?);
+            .apply_op1(RmsNormalize::with_frozen_gain(g.detach(), eps)?);
     }
     let dtype = x.dtype();
     let xf = x.to_dtype(upcast_dtype(dtype))?;
@@ -344,7 +344,7 @@ pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tenso
 
 /// The fused CPU normalisation `x / sqrt(mean(x²) + eps)` of a contiguous f32/f64 `x`, as a graph node.
 pub(crate) fn rms_normalize_cpu(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(RmsNormalize { eps })
+    x.contiguous()?.apply_op1(RmsNormalize { eps, gain: None })
 }
 
 /// The gradient of [`rms_normalize_cpu`] at `x` for the upstream gradient `dy` (no graph).
@@ -485,9 +485,33 @@ macro_rules! pair_backward_op {
     };
 }
 
-/// Fused `x / sqrt(mean(x²) + eps)` over the last dimension (f32/f64, CPU).
+/// Fused `x / sqrt(mean(x²) + eps)` over the last dimension (f32/f64, CPU), times a frozen gain when there is one.
+/// With the gain it is RMSNorm as one node over `x`: its backward recomputes the row scale from `x` and needs nothing
+/// else, where the pair of nodes it replaces (normalise, then scale by a constant) also kept the normalised copy,
+/// one more hidden-sized tensor per norm (LoRA: two norms per block).
 struct RmsNormalize {
     eps: f64,
+    gain: Option<FrozenGain>,
+}
+
+/// A frozen RMSNorm gain `(hidden,)` in the input's dtype, with its values for the forward kernel (exact in either
+/// float type).
+struct FrozenGain {
+    tensor: Tensor,
+    values: Vec<f64>,
+}
+
+impl RmsNormalize {
+    fn with_frozen_gain(gain: Tensor, eps: f64) -> candle_core::Result<Self> {
+        let values = gain.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        Ok(Self {
+            eps,
+            gain: Some(FrozenGain {
+                tensor: gain,
+                values,
+            }),
+        })
+    }
 }
 
 /// Rows of `x / sqrt(mean(x²) + eps)`, then times `gain` (one value per column) when given: `(x·r)·g`, the two
@@ -558,42 +582,21 @@ fn rms_normalize_backward_rows<T: num_float::Float>(
 
 impl RowKernel for RmsNormalize {
     fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T> {
-        rms_normalize_rows(x, width, self.eps, None)
+        let gain: Option<Vec<T>> = self
+            .gain
+            .as_ref()
+            .map(|g| g.values.iter().map(|&v| T::from_f64(v)).collect());
+        rms_normalize_rows(x, width, self.eps, gain.as_deref())
     }
 }
 
-/// RMSNorm with a frozen gain, `normalize(x) ⊙ gain`, as one node over `x` (CPU, f32/f64): its backward recomputes
-/// the row scale from `x` and needs nothing else. The pair of nodes it replaces (normalise, then scale by a
-/// constant) also kept the normalised copy, one more hidden-sized tensor per norm (LoRA: two norms per block).
-struct RmsNormFrozenGain {
-    eps: f64,
-    /// `(hidden,)`, the input's dtype.
-    gain: Tensor,
-    /// The same values, read by the forward kernel (exact in either float type).
-    gain_values: Vec<f64>,
-}
-
-impl RmsNormFrozenGain {
-    fn new(gain: Tensor, eps: f64) -> candle_core::Result<Self> {
-        let gain_values = gain.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-        Ok(Self {
-            eps,
-            gain,
-            gain_values,
-        })
-    }
-}
-
-impl RowKernel for RmsNormFrozenGain {
-    fn apply<T: num_float::Float>(&self, x: &[T], width: usize) -> Vec<T> {
-        let gain: Vec<T> = self.gain_values.iter().map(|&g| T::from_f64(g)).collect();
-        rms_normalize_rows(x, width, self.eps, Some(&gain))
-    }
-}
-
-impl CustomOp1 for RmsNormFrozenGain {
+impl CustomOp1 for RmsNormalize {
     fn name(&self) -> &'static str {
-        "rms-norm-frozen-gain"
+        if self.gain.is_some() {
+            "rms-norm-frozen-gain"
+        } else {
+            "rms-normalize"
+        }
     }
 
     fn cpu_fwd(
@@ -602,11 +605,13 @@ impl CustomOp1 for RmsNormFrozenGain {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let width = layout.dims().last().copied().unwrap_or(0);
-        if width != self.gain_values.len() {
+        if let Some(gain) = &self.gain
+            && width != gain.values.len()
+        {
             candle_core::bail!(
                 "{}: input width {width} but {} gain values",
                 self.name(),
-                self.gain_values.len()
+                gain.values.len()
             );
         }
         row_cpu_fwd(self.name(), self, storage, layout)
@@ -618,31 +623,13 @@ impl CustomOp1 for RmsNormFrozenGain {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad_normed = grad_res.broadcast_mul(&self.gain)?;
-        Ok(Some(rms_normalize_backward(arg, &grad_normed, self.eps)?))
-    }
-}
-
-impl CustomOp1 for RmsNormalize {
-    fn name(&self) -> &'static str {
-        "rms-normalize"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        row_cpu_fwd(self.name(), self, storage, layout)
-    }
-
-    fn bwd(
-        &self,
-        arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(rms_normalize_backward(arg, grad_res, self.eps)?))
+        let grad = match &self.gain {
+            Some(gain) => {
+                rms_normalize_backward(arg, &grad_res.broadcast_mul(&gain.tensor)?, self.eps)?
+            }
+            None => rms_normalize_backward(arg, grad_res, self.eps)?,
+        };
+        Ok(Some(grad))
     }
 }
 
@@ -1462,7 +1449,10 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::from_vec(data(2 * 3 * 8, 1), (2, 3, 8), &dev)?)?;
         let w = Tensor::from_vec(data(48, 2), (2, 3, 8), &dev)?;
-        let fused = x.as_tensor().apply_op1(RmsNormalize { eps: 1e-5 })?;
+        let fused = x.as_tensor().apply_op1(RmsNormalize {
+            eps: 1e-5,
+            gain: None,
+        })?;
         let composed = rms_normalize_composed(x.as_tensor(), 1e-5)?;
         let diff = (&fused - &composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(diff < 1e-14, "forward diff {diff}");
