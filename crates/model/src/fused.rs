@@ -237,7 +237,7 @@ pub fn frozen_mlp_residual(
     let rows = residual.elem_count() / hidden.max(1);
     let (gate, up, out) = {
         let x2 = (residual.detach() + branch.detach())?.reshape((rows, hidden))?;
-        let h = crate::ops::rms_normalize_cpu(&x2, mlp.eps)?.broadcast_mul(mlp.gain)?;
+        let h = crate::ops::rms_norm_frozen_gain(&x2, mlp.gain, mlp.eps)?;
         let gate = h.matmul(&mlp.gate.t()?)?;
         let up = h.matmul(&mlp.up.t()?)?;
         let gated = crate::ops::silu_mul(&gate, &up)?;
@@ -296,9 +296,9 @@ impl CustomOp2 for FrozenMlpResidual {
         let (grad_gate, grad_up) =
             crate::ops::silu_mul_backward(&self.gate, &self.up, &grad_gated)?;
         let grad_h = (grad_gate.matmul(&self.w_gate)? + grad_up.matmul(&self.w_up)?)?;
-        let grad_normed = grad_h.broadcast_mul(&self.gain)?;
-        let grad_x = (crate::ops::rms_normalize_backward(&x2, &grad_normed, self.eps)? + dy2)?
-            .reshape(residual.shape())?;
+        let grad_x =
+            (crate::ops::rms_norm_frozen_gain_backward(&x2, &grad_h, &self.gain, self.eps)? + dy2)?
+                .reshape(residual.shape())?;
         // An untracked input (the embeddings below the first block) would only store a gradient nobody reads.
         Ok((
             residual.track_op().then(|| grad_x.clone()),

@@ -328,9 +328,7 @@ pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tenso
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && g.dtype() == x.dtype()
     {
-        return x
-            .contiguous()?
-            .apply_op1(RmsNormalize::with_frozen_gain(g.detach(), eps)?);
+        return rms_norm_frozen_gain(x, g, eps);
     }
     let dtype = x.dtype();
     let xf = x.to_dtype(upcast_dtype(dtype))?;
@@ -340,6 +338,26 @@ pub fn rms_norm(x: &Tensor, gain: &Param, eps: f64) -> candle_core::Result<Tenso
         rms_normalize_composed(&xf, eps)?
     };
     gain.mul(&normed.to_dtype(dtype)?)
+}
+
+/// RMSNorm `normalize(x) ⊙ gain` with a frozen `gain` of `x`'s dtype as one fused CPU node over `x` (f32/f64).
+pub(crate) fn rms_norm_frozen_gain(
+    x: &Tensor,
+    gain: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op1(RmsNormalize::with_frozen_gain(gain.detach(), eps)?)
+}
+
+/// The gradient of [`rms_norm_frozen_gain`] at `x` for the upstream gradient `dy` (no graph).
+pub(crate) fn rms_norm_frozen_gain_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gain: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    rms_normalize_backward(x, &dy.broadcast_mul(gain)?, eps)
 }
 
 /// The fused CPU normalisation `x / sqrt(mean(x²) + eps)` of a contiguous f32/f64 `x`, as a graph node.
@@ -624,9 +642,7 @@ impl CustomOp1 for RmsNormalize {
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
         let grad = match &self.gain {
-            Some(gain) => {
-                rms_normalize_backward(arg, &grad_res.broadcast_mul(&gain.tensor)?, self.eps)?
-            }
+            Some(gain) => rms_norm_frozen_gain_backward(arg, grad_res, &gain.tensor, self.eps)?,
             None => rms_normalize_backward(arg, grad_res, self.eps)?,
         };
         Ok(Some(grad))
