@@ -371,8 +371,7 @@ pub(crate) fn rms_normalize_backward(
     dy: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&dy.contiguous()?, &RmsNormalizeBackward { eps })
+    apply_pair_kernel(x, dy, &RmsNormalizeBackward { eps })
 }
 
 /// The gradients `(dg, du)` of `silu(g) ⊙ u` for the upstream gradient `dy` (CPU, f32/f64; no graph).
@@ -473,6 +472,15 @@ fn pair_cpu_fwd(
         _ => candle_core::bail!("{op}: only f32/f64 on the CPU"),
     };
     Ok((out, l1.shape().clone()))
+}
+
+/// Runs a backward kernel (see [`pair_backward_op`]) on contiguous `a` and `b`, outside the graph.
+fn apply_pair_kernel(
+    a: &Tensor,
+    b: &Tensor,
+    kernel: &impl CustomOp2,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, kernel)
 }
 
 /// The `CustomOp2::cpu_fwd` of an op that is a [`PairKernel`].
@@ -1279,8 +1287,7 @@ pub(crate) fn scaled_softmax_backward(
     dy: &Tensor,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    y.contiguous()?
-        .apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxBackward { scale })
+    apply_pair_kernel(y, dy, &SoftmaxBackward { scale })
 }
 
 /// Softmax over the last dimension, differentiable: a fused CPU kernel for f32/f64 whose backward needs only the
