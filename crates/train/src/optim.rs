@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
 /// Values per quantisation block of the int8 moments.
@@ -290,10 +292,12 @@ impl AdamW {
 /// Elements per rayon task in the fused CPU update.
 const FUSED_CHUNK: usize = 1 << 16;
 
-/// The CPU update of an f32 parameter with f32 moments, in place, in three passes over memory (`m`, `v`, then the
-/// parameter) instead of a dozen whole-tensor temporaries. Each pass repeats the f32 arithmetic of the composed
-/// tensor path above operation for operation (candle's scalar ops are `x·mul + add` in the tensor dtype), so both
-/// paths give the same values (up to the sign of a zero moment).
+/// The CPU update of an f32 parameter with f32 moments, in place, in one pass over memory that reads the gradient
+/// once and updates `m`, `v` and the parameter together (the three separate passes it replaces read the gradient
+/// twice and the moments twice: 10 weight-sized streams per step instead of 7), instead of a dozen whole-tensor
+/// temporaries. It repeats the f32 arithmetic of the composed tensor path above operation for operation (candle's
+/// scalar ops are `x·mul + add` in the tensor dtype), so both paths give the same values (up to the sign of a zero
+/// moment).
 fn fused_cpu_step(
     config: &AdamWConfig,
     param: &Tensor,
@@ -305,35 +309,48 @@ fn fused_cpu_step(
 ) -> Result<()> {
     let grad = grad.to_dtype(DType::F32)?.contiguous()?;
     let (b1, b2) = (config.beta1, config.beta2);
-    m.inplace_op2(
-        &grad,
-        &MomentPass {
-            decay: b1 as f32,
-            gain: (1.0 - b1) as f32,
-            grad_scale,
-            square: false,
-        },
-    )?;
-    v.inplace_op2(
-        &grad,
-        &MomentPass {
-            decay: b2 as f32,
-            gain: (1.0 - b2) as f32,
-            grad_scale,
-            square: true,
-        },
-    )?;
-    param.inplace_op3(
-        m,
-        v,
-        &ParamPass {
-            inv_bias1: (1.0 / (1.0 - b1.powi(t))) as f32,
-            inv_bias2: (1.0 / (1.0 - b2.powi(t))) as f32,
-            eps: config.eps as f32,
-            keep: (1.0 - lr * config.weight_decay) as f32,
-            lr: lr as f32,
-        },
-    )
+    let (decay1, gain1) = (b1 as f32, (1.0 - b1) as f32);
+    let (decay2, gain2) = (b2 as f32, (1.0 - b2) as f32);
+    let inv_bias1 = (1.0 / (1.0 - b1.powi(t))) as f32;
+    let inv_bias2 = (1.0 / (1.0 - b2.powi(t))) as f32;
+    let eps = config.eps as f32;
+    let keep = (1.0 - lr * config.weight_decay) as f32;
+    let lr = lr as f32;
+    with_values_mut(m, |m| {
+        with_values_mut(v, |v| {
+            with_values_mut(param, |p| {
+                let (storage, layout) = grad.storage_and_layout();
+                let g = match &*storage {
+                    candle_core::Storage::Cpu(s) => f32_slice(s, layout, "adamw")?,
+                    _ => candle_core::bail!("adamw: the gradient is not on the CPU"),
+                };
+                if [m.len(), v.len(), g.len()] != [p.len(); 3] {
+                    candle_core::bail!(
+                        "adamw: parameter of {} values, moments of {} and {}, gradient of {}",
+                        p.len(),
+                        m.len(),
+                        v.len(),
+                        g.len()
+                    );
+                }
+                p.par_chunks_mut(FUSED_CHUNK)
+                    .zip(m.par_chunks_mut(FUSED_CHUNK))
+                    .zip(v.par_chunks_mut(FUSED_CHUNK))
+                    .zip(g.par_chunks(FUSED_CHUNK))
+                    .for_each(|(((p, m), v), g)| {
+                        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                            // × 1.0 is exact, so an unclipped step computes what it did before.
+                            let g = g * grad_scale;
+                            *m = *m * decay1 + g * gain1;
+                            *v = *v * decay2 + (g * g) * gain2;
+                            let update = (*m * inv_bias1) / ((*v * inv_bias2).sqrt() + eps);
+                            *p = *p * keep - update * lr;
+                        }
+                    });
+                Ok(())
+            })
+        })
+    })
 }
 
 /// The contiguous f32 elements a layout addresses.
@@ -344,6 +361,51 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&
     }
 }
 
+/// Calls `f` with the contiguous f32 values of the CPU tensor `t`, mutably (candle lends a storage mutably only to
+/// an in-place op, so this is one). Nested calls on distinct tensors hold several of them at once; the same tensor
+/// twice would deadlock on its storage lock.
+fn with_values_mut<R: Send>(
+    t: &Tensor,
+    f: impl FnOnce(&mut [f32]) -> Result<R> + Send,
+) -> Result<R> {
+    struct Lend<F, R> {
+        f: Mutex<Option<F>>,
+        out: Mutex<Option<Result<R>>>,
+    }
+    impl<F: FnOnce(&mut [f32]) -> Result<R> + Send, R: Send> InplaceOp1 for Lend<F, R> {
+        fn name(&self) -> &'static str {
+            "lend-values"
+        }
+
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+            let values = f32_slice_mut(storage, layout, self.name())?;
+            if let Some(f) = lock(&self.f).take() {
+                *lock(&self.out) = Some(f(values));
+            }
+            Ok(())
+        }
+    }
+    let lend = Lend {
+        f: Mutex::new(Some(f)),
+        out: Mutex::new(None),
+    };
+    t.inplace_op1(&lend)?;
+    let out = lock(&lend.out).take();
+    out.unwrap_or_else(|| {
+        Err(candle_core::Error::Msg(
+            "lend-values: the op did not run".into(),
+        ))
+    })
+}
+
+/// A mutex's value; a panic elsewhere while it was held leaves nothing half-written here (each value is replaced
+/// whole), so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn f32_slice_mut<'a>(
     storage: &'a mut CpuStorage,
     layout: &Layout,
@@ -352,100 +414,6 @@ fn f32_slice_mut<'a>(
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
         _ => candle_core::bail!("{op}: expected a contiguous f32 tensor"),
-    }
-}
-
-/// `moment ← moment·decay + g·gain` (or `g²·gain` for the second moment) with `g = gradient·grad_scale`.
-struct MomentPass {
-    decay: f32,
-    gain: f32,
-    grad_scale: f32,
-    square: bool,
-}
-
-impl InplaceOp2 for MomentPass {
-    fn name(&self) -> &'static str {
-        "adamw-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let moment = f32_slice_mut(s1, l1, self.name())?;
-        let grad = f32_slice(s2, l2, self.name())?;
-        if moment.len() != grad.len() {
-            candle_core::bail!(
-                "adamw: moment of {} values, gradient of {}",
-                moment.len(),
-                grad.len()
-            );
-        }
-        let (decay, gain, square, scale) = (self.decay, self.gain, self.square, self.grad_scale);
-        moment
-            .par_chunks_mut(FUSED_CHUNK)
-            .zip(grad.par_chunks(FUSED_CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    // × 1.0 is exact, so an unclipped step computes what it did before.
-                    let g = g * scale;
-                    let g = if square { g * g } else { g };
-                    *m = *m * decay + g * gain;
-                }
-            });
-        Ok(())
-    }
-}
-
-/// `p ← p·keep − lr·(m·inv_bias1) / (√(v·inv_bias2) + eps)`.
-struct ParamPass {
-    inv_bias1: f32,
-    inv_bias2: f32,
-    eps: f32,
-    keep: f32,
-    lr: f32,
-}
-
-impl InplaceOp3 for ParamPass {
-    fn name(&self) -> &'static str {
-        "adamw-param"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let param = f32_slice_mut(s1, l1, self.name())?;
-        let m = f32_slice(s2, l2, self.name())?;
-        let v = f32_slice(s3, l3, self.name())?;
-        if m.len() != param.len() || v.len() != param.len() {
-            candle_core::bail!("adamw: parameter and moments differ in size");
-        }
-        let Self {
-            inv_bias1,
-            inv_bias2,
-            eps,
-            keep,
-            lr,
-        } = *self;
-        param
-            .par_chunks_mut(FUSED_CHUNK)
-            .zip(m.par_chunks(FUSED_CHUNK).zip(v.par_chunks(FUSED_CHUNK)))
-            .for_each(|(p, (m, v))| {
-                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                    let update = (m * inv_bias1) / ((v * inv_bias2).sqrt() + eps);
-                    *p = *p * keep - update * lr;
-                }
-            });
-        Ok(())
     }
 }
 
@@ -524,7 +492,7 @@ pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
             (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => {
                 let partial: Vec<f64> = data[start..end]
                     .par_chunks(FUSED_CHUNK)
-                    .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
+                    .map(sum_of_squares)
                     .collect();
                 Some(partial.iter().sum::<f64>())
             }
@@ -542,6 +510,27 @@ pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
         };
     }
     Ok(sum_sq.sqrt())
+}
+
+/// `Σ g²` in f64 over eight interleaved partial sums (added up in a fixed order at the end), so the additions are
+/// independent and vectorise instead of waiting on one running sum (SmolLM2 full fine-tuning: the gradient norm was
+/// 0.15 s of a 2.5 s step on the main thread, `perf record`).
+fn sum_of_squares(values: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0f64; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &g) in lanes.iter_mut().zip(chunk) {
+            let g = f64::from(g);
+            *lane += g * g;
+        }
+    }
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&g| f64::from(g) * f64::from(g))
+        .sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// PyTorch's `clip_grad_norm_` factor for a gradient norm: `max_norm / (norm + 1e-6)` when that is below 1, else 1.
@@ -726,6 +715,25 @@ mod tests {
             var.as_tensor().to_vec1::<f32>()
         };
         assert_eq!(run(true)?, run(false)?);
+        Ok(())
+    }
+
+    /// The eight-lane sum of squares equals the plain running sum to rounding, with a tail that is not a multiple
+    /// of eight, and the gradient norm of a tensor is its square root.
+    #[test]
+    fn gradient_norm_sums_every_value() -> Result<()> {
+        let values: Vec<f32> = (0..1037)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        let plain: f64 = values.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
+        let lanes = sum_of_squares(&values);
+        assert!((lanes - plain).abs() <= 1e-12 * plain, "{lanes} vs {plain}");
+        let grad = Tensor::from_vec(values, 1037, &Device::Cpu)?;
+        let norm = grad_norm(&[Some(grad), None])?;
+        assert!(
+            (norm - plain.sqrt()).abs() <= 1e-12 * plain.sqrt(),
+            "{norm}"
+        );
         Ok(())
     }
 
