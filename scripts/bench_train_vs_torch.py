@@ -14,7 +14,7 @@ training loop, so model loading is excluded but the resident weights are not), a
 weights and batch, so they must agree to float rounding).
 
 Usage (from the repository root):
-    python3 scripts/bench_train_vs_torch.py [--steps 12] [--warmup 2] [--methods lora,full] [--threads 1]
+    python3 scripts/bench_train_vs_torch.py [--steps 12] [--warmup 2] [--methods lora,full] [--threads 1] [--rounds 1]
 `--threads` sets both sides' thread counts (RAYON_NUM_THREADS, the size of our compute pool, and
 torch.set_num_threads). Our binary keeps its default CANDLE_NUM_THREADS=1 (candle's elementwise ops on the calling
 thread; see ARCHITECTURE.md, "CPU speed"): setting it to the thread count brings back candle's spinning pool.
@@ -193,6 +193,14 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="leading steps left out of the timing (default 2)")
     parser.add_argument("--methods", default="lora,full", help="comma-separated: lora, full")
     parser.add_argument("--threads", type=int, default=1, help="threads on both sides (default 1, see the module doc)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run ours then PyTorch this many times per method, alternating, and report each side's median round "
+        "(default 1; on a shared machine the speed drifts by more than 10%% within minutes, and alternating puts "
+        "both sides in the same drift)",
+    )
     args = parser.parse_args()
     ensure_venv()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -200,15 +208,25 @@ def main():
     pad_id = json.loads((HF_DIR / "config.json").read_text()).get("pad_token_id")
     if pad_id is None:
         pad_id = 0
-    report = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to f32)", "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "methods": {}}
+    report = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to f32)", "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "methods": {}}
     for method in args.methods.split(","):
-        summary, batches = run_ours(method, args.steps, args.threads)
-        ours_steps = summary["loss_history"]
-        torch_steps, torch_peak, reset_ok = run_torch(method, batches, pad_id, args.threads)
+        rounds = []
+        for _ in range(max(args.rounds, 1)):
+            summary, batches = run_ours(method, args.steps, args.threads)
+            ours_steps = summary["loss_history"]
+            torch_steps, torch_peak, reset_ok = run_torch(method, batches, pad_id, args.threads)
+            rounds.append({
+                "ours": {**timed(ours_steps, args.warmup), "peak_rss_bytes": summary["peak_memory_bytes"], "memory_definition": summary["memory_definition"], "step1_loss": ours_steps[0]["loss"]},
+                "torch": {**timed(torch_steps, args.warmup), "peak_rss_bytes": torch_peak, "memory_definition": "process peak RSS (VmHWM, reset before the training loop)" if reset_ok else "process peak RSS (VmHWM since start)", "step1_loss": torch_steps[0]["loss"]},
+                "losses": {"ours": [s["loss"] for s in ours_steps], "torch": [s["loss"] for s in torch_steps]},
+            })
+        median = lambda side: sorted(rounds, key=lambda r: r[side]["tokens_per_second"])[(len(rounds) - 1) // 2][side]
         report["methods"][method] = {
-            "ours": {**timed(ours_steps, args.warmup), "peak_rss_bytes": summary["peak_memory_bytes"], "memory_definition": summary["memory_definition"], "step1_loss": ours_steps[0]["loss"]},
-            "torch": {**timed(torch_steps, args.warmup), "peak_rss_bytes": torch_peak, "memory_definition": "process peak RSS (VmHWM, reset before the training loop)" if reset_ok else "process peak RSS (VmHWM since start)", "step1_loss": torch_steps[0]["loss"]},
-            "losses": {"ours": [s["loss"] for s in ours_steps], "torch": [s["loss"] for s in torch_steps]},
+            "ours": median("ours"),
+            "torch": median("torch"),
+            "losses": rounds[-1]["losses"],
+            "wall_ratio_per_round": [r["ours"]["tokens_per_second"] / r["torch"]["tokens_per_second"] for r in rounds],
+            "rounds": rounds,
         }
     load = os.getloadavg()
     report["load_average"] = load
@@ -231,6 +249,12 @@ def main():
             f"| {method} | ours/torch | {o['mean_step_seconds'] / t['mean_step_seconds']:.2f}× | {o['mean_step_cpu_seconds'] / max(t['mean_step_cpu_seconds'], 1e-9):.2f}× | "
             f"{o['tokens_per_second'] / t['tokens_per_second']:.2f}× | {cpu_ratio:.2f}× | {o['peak_rss_bytes'] / t['peak_rss_bytes']:.2f}× | |"
         )
+    if args.rounds > 1:
+        lines.append("")
+        lines.append(f"Each side's median of {args.rounds} alternating rounds (by tokens/s); ours/torch tokens/s (wall) per round:")
+        for method, r in report["methods"].items():
+            per_round = ", ".join(f"{x:.2f}×" for x in r["wall_ratio_per_round"])
+            lines.append(f"- {method}: {per_round}")
     if {"lora", "full"} <= report["methods"].keys():
         lo, fu = report["methods"]["lora"]["ours"], report["methods"]["full"]["ours"]
         lines.append("")
