@@ -33,10 +33,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 use crate::lora::{DropoutMask, dropout_with};
+use crate::matmul::{cpu_product, matmul};
 
 /// A result computed ahead of the custom op that hands it to the graph, taken once by the op's forward.
 struct Precomputed(Mutex<Option<Tensor>>);
@@ -99,8 +99,8 @@ pub fn lora_linear(
             Some(m) => dropout_with(&xd, m)?,
             None => xd.clone(),
         };
-        let low = (dropped.matmul(&a.detach().t()?)? * scale)?;
-        (xd.matmul(&w.t()?)? + low.matmul(&b.detach().t()?)?)?
+        let low = (matmul(&dropped, &a.detach().t()?)? * scale)?;
+        (matmul(&xd, &w.t()?)? + matmul(&low, &b.detach().t()?)?)?
     };
     x.apply_op3(
         a,
@@ -143,16 +143,16 @@ impl CustomOp3 for LoraLinear {
         };
         // y = x·Wᵀ + s·(u·Aᵀ)·Bᵀ with u = dropout(x), l = u·Aᵀ:
         //   dB = s·dyᵀ·l,  dl = s·dy·B,  dA = dlᵀ·u,  dx = dy·W + dropout(dl·A).
-        let low = dropped.matmul(&a.t()?)?;
-        let grad_b = (dy.t()?.matmul(&low)? * self.scale)?;
-        let grad_low = (dy.matmul(&b)? * self.scale)?;
-        let grad_a = grad_low.t()?.matmul(&dropped)?;
-        let grad_dropped = grad_low.matmul(&a)?;
+        let low = matmul(&dropped, &a.t()?)?;
+        let grad_b = (matmul(&dy.t()?, &low)? * self.scale)?;
+        let grad_low = (matmul(&dy, &b)? * self.scale)?;
+        let grad_a = matmul(&grad_low.t()?, &dropped)?;
+        let grad_dropped = matmul(&grad_low, &a)?;
         let grad_dropped = match self.mask {
             Some(m) => dropout_with(&grad_dropped, m)?,
             None => grad_dropped,
         };
-        let grad_x = (dy.matmul(&self.w)? + grad_dropped)?;
+        let grad_x = (matmul(&dy, &self.w)? + grad_dropped)?;
         Ok((Some(grad_x), Some(grad_a), Some(grad_b)))
     }
 }
@@ -185,7 +185,7 @@ impl CustomOp2 for TrainedLinear {
         if k != k2 {
             candle_core::bail!("{}: input width {k} != weight width {k2}", self.name());
         }
-        let out = x.matmul(w, (1, m, n, k), x_layout, &w_layout.transpose(0, 1)?)?;
+        let out = cpu_product(x, x_layout, w, &w_layout.transpose(0, 1)?)?;
         Ok((out, Shape::from((m, n))))
     }
 
@@ -197,7 +197,7 @@ impl CustomOp2 for TrainedLinear {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, dy) = (x.detach(), w.detach(), dy.detach());
-        Ok((Some(dy.matmul(&w)?), Some(dy.t()?.matmul(&x)?)))
+        Ok((Some(matmul(&dy, &w)?), Some(matmul(&dy.t()?, &x)?)))
     }
 }
 
@@ -238,10 +238,10 @@ pub fn frozen_mlp_residual(
     let (gate, up, out) = {
         let x2 = (residual.detach() + branch.detach())?.reshape((rows, hidden))?;
         let h = crate::ops::rms_norm_frozen_gain(&x2, mlp.gain, mlp.eps)?;
-        let gate = h.matmul(&mlp.gate.t()?)?;
-        let up = h.matmul(&mlp.up.t()?)?;
+        let gate = matmul(&h, &mlp.gate.t()?)?;
+        let up = matmul(&h, &mlp.up.t()?)?;
         let gated = crate::ops::silu_mul(&gate, &up)?;
-        let out = (x2 + gated.matmul(&mlp.down.t()?)?)?.reshape(dims)?;
+        let out = (x2 + matmul(&gated, &mlp.down.t()?)?)?.reshape(dims)?;
         (gate, up, out)
     };
     residual.apply_op2(
@@ -292,10 +292,10 @@ impl CustomOp2 for FrozenMlpResidual {
         let rows = residual.elem_count() / hidden.max(1);
         let x2 = (residual.detach() + branch.detach())?.reshape((rows, hidden))?;
         let dy2 = dy.detach().reshape((rows, hidden))?;
-        let grad_gated = dy2.matmul(&self.w_down)?;
+        let grad_gated = matmul(&dy2, &self.w_down)?;
         let (grad_gate, grad_up) =
             crate::ops::silu_mul_backward(&self.gate, &self.up, &grad_gated)?;
-        let grad_h = (grad_gate.matmul(&self.w_gate)? + grad_up.matmul(&self.w_up)?)?;
+        let grad_h = (matmul(&grad_gate, &self.w_gate)? + matmul(&grad_up, &self.w_up)?)?;
         let grad_x =
             (crate::ops::rms_norm_frozen_gain_backward(&x2, &grad_h, &self.gain, self.eps)? + dy2)?
                 .reshape(residual.shape())?;

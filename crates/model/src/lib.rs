@@ -22,6 +22,7 @@ pub mod fused;
 pub mod generate;
 pub mod llama;
 pub mod lora;
+mod matmul;
 pub mod ops;
 
 // model-io (owned by the model-io engineer): model sources (HF dir, HF cache, GGUF), tokenization, chat templates.

@@ -41,6 +41,7 @@ struct ConstOperand {
 
 impl ConstOperand {
     /// `rows_first`: whether a few-row `x·Cᵀ` may be computed as `(C·xᵀ)ᵀ` (the CPU; CUDA's gemm needs no help).
+    /// `product(a, a_layout, b, b_layout)` is the device's 2-D matrix product.
     fn fwd<S: BackendStorage>(
         &self,
         x: &S,
@@ -48,6 +49,7 @@ impl ConstOperand {
         c: &S,
         c_layout: &Layout,
         rows_first: bool,
+        product: impl Fn(&S, &Layout, &S, &Layout) -> candle_core::Result<S>,
     ) -> candle_core::Result<(S, Shape)> {
         match self.kind {
             ConstKind::MatmulT => {
@@ -65,14 +67,13 @@ impl ConstOperand {
                     // instead of packing a transposed view of it on every call (see
                     // `FEW_ROWS`); the `(n, m)` product is then copied to `(m, n)`.
                     let x_t = x_layout.transpose(0, 1)?;
-                    let out_nm = c.matmul(x, (1, n, m, k), c_layout, &x_t)?;
+                    let out_nm = product(c, c_layout, x, &x_t)?;
                     // A same-dtype conversion through the transposed layout is a strided copy.
                     let src = Layout::contiguous((n, m)).transpose(0, 1)?;
                     let out = out_nm.to_dtype(&src, out_nm.dtype())?;
                     return Ok((out, Shape::from((m, n))));
                 }
-                let c_t = c_layout.transpose(0, 1)?;
-                let out = x.matmul(c, (1, m, n, k), x_layout, &c_t)?;
+                let out = product(x, x_layout, c, &c_layout.transpose(0, 1)?)?;
                 Ok((out, Shape::from((m, n))))
             }
             ConstKind::Matmul => {
@@ -126,7 +127,9 @@ impl CustomOp1 for ConstOperand {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (c_storage, c_layout) = self.constant.storage_and_layout();
         match &*c_storage {
-            Storage::Cpu(c) => self.fwd(storage, layout, c, c_layout, true),
+            Storage::Cpu(c) => self.fwd(storage, layout, c, c_layout, true, |a, al, b, bl| {
+                crate::matmul::cpu_product(a, al, b, bl)
+            }),
             _ => candle_core::bail!("{}: input on CPU but constant is not", self.name()),
         }
     }
@@ -139,7 +142,11 @@ impl CustomOp1 for ConstOperand {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (c_storage, c_layout) = self.constant.storage_and_layout();
         match &*c_storage {
-            Storage::Cuda(c) => self.fwd(storage, layout, c, c_layout, false),
+            Storage::Cuda(c) => self.fwd(storage, layout, c, c_layout, false, |a, al, b, bl| {
+                let (m, k) = al.shape().dims2()?;
+                let (_, n) = bl.shape().dims2()?;
+                a.matmul(b, (1, m, n, k), al, bl)
+            }),
             _ => candle_core::bail!("{}: input on CUDA but constant is not", self.name()),
         }
     }
@@ -152,7 +159,7 @@ impl CustomOp1 for ConstOperand {
     ) -> candle_core::Result<Option<Tensor>> {
         let grad = match self.kind {
             // y = x·Cᵀ  ⇒  dx = dy·C
-            ConstKind::MatmulT => grad_res.matmul(&self.constant)?,
+            ConstKind::MatmulT => crate::matmul::matmul(grad_res, &self.constant)?,
             // y = x·C  ⇒  dx = dy·Cᵀ
             ConstKind::Matmul => grad_res.matmul(&self.constant.t()?)?,
             ConstKind::Mul => grad_res.broadcast_mul(&self.constant)?,
