@@ -1,5 +1,7 @@
 //! Device selection: `auto`, `cpu`, `cuda`, `cuda:N`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::Device;
 
 use crate::error::{Error, Result};
@@ -103,6 +105,51 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
+/// Runs `f` (on a worker of the current rayon pool) while every other worker of the pool polls for work instead of
+/// going to sleep, and returns its result. An idle rayon worker sleeps after a few microseconds, and work shared out
+/// later (the second half of a gemm) waits for it to be woken, or is run by the calling thread itself when that
+/// finishes its own half first: in full fine-tuning, whose step alternates threaded matmuls with single-threaded
+/// stretches (candle's backward sums every gradient on the calling thread), the second core then sat idle through
+/// whole matmuls. Polling workers steal such work at once, at the price of spinning through the single-threaded
+/// stretches (OpenMP runtimes do the same by default). Outside a pool, or in a pool of one, it just runs `f`.
+pub fn with_pool_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let Some(caller) = rayon::current_thread_index() else {
+        return f();
+    };
+    let others = rayon::current_num_threads().saturating_sub(1);
+    if others == 0 {
+        return f();
+    }
+    /// Tells the pollers to stop when `f` returns or unwinds.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|scope| {
+        for _ in 0..others {
+            scope.spawn(|_| {
+                // The caller may pick a poller up from its own queue while it waits inside `f`: polling there would
+                // never let `f` finish.
+                if rayon::current_thread_index() == Some(caller) {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    match rayon::yield_now() {
+                        Some(rayon::Yield::Executed) => {}
+                        Some(rayon::Yield::Idle) => std::hint::spin_loop(),
+                        None => return,
+                    }
+                }
+            });
+        }
+        let _done = Done(&done);
+        f()
+    })
+}
+
 fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
     if !cfg!(feature = "cuda") {
         return Err("this build has no CUDA support (rebuild with `--features cuda`)".into());
@@ -113,6 +160,45 @@ fn cuda(ordinal: usize) -> std::result::Result<Device, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The result comes back, threaded work inside completes (thousands of small joins, so the caller also meets
+    /// pollers in its own queue), a panic in `f` propagates instead of leaving the pollers spinning, and outside a
+    /// pool `f` simply runs.
+    #[test]
+    fn pool_awake_runs_f_to_completion() {
+        use rayon::prelude::*;
+        assert_eq!(with_pool_awake(|| 7), 7);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
+        let sum = pool.install(|| {
+            with_pool_awake(|| {
+                (0..2000u64)
+                    .map(|i| {
+                        let (a, b) = rayon::join(|| i, || (0..i).into_par_iter().sum::<u64>());
+                        a + b
+                    })
+                    .sum::<u64>()
+            })
+        });
+        let expected: u64 = (0..2000u64).map(|i| i + i * i.saturating_sub(1) / 2).sum();
+        assert_eq!(sum, expected);
+        // One worker blocked elsewhere through the whole call: its poller waits in a queue while `f` runs.
+        let busy_elsewhere = pool.install(|| {
+            rayon::join(
+                || with_pool_awake(|| (0..200u64).map(|i| rayon::join(|| i, || i).1).sum::<u64>()),
+                || std::thread::sleep(std::time::Duration::from_millis(300)),
+            )
+            .0
+        });
+        assert_eq!(busy_elsewhere, (0..200u64).sum::<u64>());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| with_pool_awake(|| panic!("inside f")))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(pool.install(|| with_pool_awake(|| 1 + 1)), 2);
+    }
 
     #[test]
     fn parses_device_strings() {

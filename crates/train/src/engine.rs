@@ -377,8 +377,19 @@ impl Engine {
         Ok(())
     }
 
-    /// One optimiser step over `micro_batches` (the gradient-accumulation group) at learning rate `lr`.
+    /// One optimiser step over `micro_batches` (the gradient-accumulation group) at learning rate `lr`. The other
+    /// threads of the pool poll for work meanwhile (`model::device::with_pool_awake`).
     pub fn train_step(
+        &self,
+        lm: &model::CausalLm,
+        optimizer: &mut AdamW,
+        micro_batches: &[Batch],
+        lr: f64,
+    ) -> Result<StepStats, TrainError> {
+        model::device::with_pool_awake(|| self.step(lm, optimizer, micro_batches, lr))
+    }
+
+    fn step(
         &self,
         lm: &model::CausalLm,
         optimizer: &mut AdamW,
