@@ -110,15 +110,18 @@ fn phase_of(name: &str) -> Phase {
     }
 }
 
-/// Rows of the `(rows, vocab)` logits computed at once by the chunked head: about 2 M logits (8 MiB f32), and,
+/// Rows of the `(rows, vocab)` logits computed at once by the chunked head: about 8 M logits (32 MiB f32), and,
 /// when the head's weight is trained, at least as many rows as the hidden size: every chunk's backward produces and
 /// adds a `(vocab, hidden)` weight gradient, so a chunk's logits may be as large as that gradient anyway, and fewer
 /// chunks make fewer of them (with 8 M logits per chunk, SmolLM2's full fine-tuning spent 19 % of a 1-thread step
-/// in the head, `perf record`). The head runs while the trunk's whole graph is alive, so its chunk adds to the peak
-/// (once per concurrent row): SmolLM2 LoRA, batch 2 × ≤256, peak RSS 1830 MiB with 8 M logits per chunk, 1638 MiB
-/// with 2 M, the same step time within noise (`.cache/bench-train` step benchmark, 8 steps).
+/// in the head, `perf record`). A chunk streams the whole `(vocab, hidden)` weight through gemm in its forward and
+/// again in its backward whatever its rows, so short chunks waste it: SmolLM2's tied head at 42 rows (2 M logits)
+/// ran at 105 GFLOP/s, at 168 rows (8 M) at 222 (2 threads). The head runs while the trunk's whole graph is alive,
+/// so its chunk adds to the peak once per concurrent row: 1-epoch SmolLM2 LoRA (`configs/smollm2_lora.toml` as
+/// `reproduce.sh` derives it), steps 3–30: 2 M logits 48.4 s and peak RSS 1108 MiB, 4 M 45.6 s and 1154 MiB, 8 M
+/// 43.2 s and 1272 MiB, same losses (back to back).
 fn head_chunk_rows(vocab: usize, hidden: usize, head_trained: bool) -> usize {
-    let bounded = ((2usize << 20) / vocab.max(1)).max(1);
+    let bounded = ((8usize << 20) / vocab.max(1)).max(1);
     if head_trained {
         bounded.max(hidden)
     } else {
@@ -724,12 +727,12 @@ mod tests {
 
     #[test]
     fn head_chunks_bound_the_logits_held_at_once() {
-        assert_eq!(head_chunk_rows(512, 64, false), 4096);
-        assert_eq!(head_chunk_rows(49_152, 576, false), 42);
-        assert_eq!(head_chunk_rows(128_256, 4096, false), 16);
-        assert_eq!(head_chunk_rows(0, 64, false), 2 << 20);
+        assert_eq!(head_chunk_rows(512, 64, false), 16384);
+        assert_eq!(head_chunk_rows(49_152, 576, false), 170);
+        assert_eq!(head_chunk_rows(128_256, 4096, false), 65);
+        assert_eq!(head_chunk_rows(0, 64, false), 8 << 20);
         assert_eq!(head_chunk_rows(128_256, 4096, true), 4096);
         assert_eq!(head_chunk_rows(49_152, 576, true), 576);
-        assert_eq!(head_chunk_rows(512, 64, true), 4096);
+        assert_eq!(head_chunk_rows(512, 64, true), 16384);
     }
 }
