@@ -1219,6 +1219,164 @@ pub fn masked_nll_rows(
     })
 }
 
+/// `Σ_rows maskᵢ·NLLᵢ` of the logits `rows (n, hidden) · weightᵀ` (the language-model head and the masked loss of
+/// [`masked_nll_rows`]) as one node, for a loss whose upstream gradient will be `scale`. On the CPU in f32 the
+/// forward turns the logits buffer into the logits' gradient `scale·maskᵢ·(softmaxᵢ − onehot(targetᵢ))` in place
+/// (one `exp` per logit, which the loss's own forward and backward each computed), and the backward only multiplies
+/// it by `weight` (and `rowsᵀ` for a trained head): one `(n, vocab)` buffer per chunk where the two nodes held the
+/// logits and then their gradient too. The same values as `masked_nll_rows(rows·weightᵀ)` bit for bit (same sums in
+/// the same order). Elsewhere (other dtypes or devices) it is that composition.
+pub fn head_nll_rows(
+    rows: &Tensor,
+    weight: &Param,
+    targets: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let fused = rows.device().is_cpu()
+        && rows.dtype() == DType::F32
+        && weight.tensor().dtype() == DType::F32
+        && rows.rank() == 2
+        && weight.tensor().rank() == 2;
+    if !fused {
+        return masked_nll_rows(&weight.matmul_t(rows)?, targets, mask);
+    }
+    let weight = weight.tensor();
+    let (n, _) = rows.dims2()?;
+    let (vocab, _) = weight.dims2()?;
+    if targets.elem_count() != n || mask.elem_count() != n {
+        candle_core::bail!(
+            "head nll: {n} rows but {} targets and {} mask values",
+            targets.elem_count(),
+            mask.elem_count()
+        );
+    }
+    let target_ids = targets
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("head nll: target id {bad} outside the vocabulary of {vocab}");
+    }
+    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    rows.contiguous()?.apply_op2(
+        weight,
+        HeadNll {
+            targets: target_ids,
+            weights,
+            scale: scale as f32,
+            grad_logits: std::sync::Mutex::new(None),
+        },
+    )
+}
+
+/// The fused head and loss of [`head_nll_rows`] (f32, CPU).
+struct HeadNll {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    /// The upstream gradient the logits' gradient is made for.
+    scale: f32,
+    /// The logits' gradient, made by the forward and taken by the backward.
+    grad_logits: std::sync::Mutex<Option<Tensor>>,
+}
+
+impl CustomOp2 for HeadNll {
+    fn name(&self) -> &'static str {
+        "head-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        rows: &CpuStorage,
+        rows_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n, _) = rows_layout.shape().dims2()?;
+        let (vocab, _) = weight_layout.shape().dims2()?;
+        let logits =
+            crate::matmul::cpu_product(rows, rows_layout, weight, &weight_layout.transpose(0, 1)?)?;
+        let CpuStorage::F32(mut buffer) = logits else {
+            candle_core::bail!("{}: only f32", self.name())
+        };
+        let scale = self.scale;
+        // Per row: the masked NLL (as `MaskedNll`'s forward computes it), and the row turned into its gradient (as
+        // `MaskedNll`'s backward computes it for an upstream gradient of `scale`).
+        let per_row: Vec<f64> = buffer
+            .par_chunks_mut(vocab.max(1))
+            .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+            .map(|(row, (&t, &w))| {
+                if w == 0.0 {
+                    row.fill(0.0);
+                    return 0.0;
+                }
+                let target_logit = row[t as usize];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let row_scale = scale * w;
+                if row_scale == 0.0 {
+                    row.fill(0.0);
+                } else {
+                    let k = row_scale / sum;
+                    for v in row.iter_mut() {
+                        *v *= k;
+                    }
+                    row[t as usize] -= row_scale;
+                }
+                let lse = max + sum.ln();
+                f64::from(w) * f64::from(lse - target_logit)
+            })
+            .collect();
+        let total = per_row.iter().sum::<f64>() as f32;
+        let grad = Tensor::from_vec(buffer, (n, vocab), &candle_core::Device::Cpu)?;
+        *self
+            .grad_logits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(grad);
+        Ok((CpuStorage::F32(vec![total]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        rows: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = grad_res.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let Some(grad_logits) = self
+            .grad_logits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        else {
+            candle_core::bail!("{}: a second backward through one forward", self.name())
+        };
+        // Made for an upstream gradient of `scale`; any other is a rescaling (× 1 exactly in training).
+        let grad_logits = if dy == self.scale {
+            grad_logits
+        } else if self.scale != 0.0 {
+            (grad_logits * f64::from(dy / self.scale))?
+        } else {
+            candle_core::bail!(
+                "{}: made for a zero upstream gradient, got {dy}",
+                self.name()
+            )
+        };
+        let grad_rows = crate::matmul::matmul(&grad_logits, &weight.detach())?;
+        let grad_weight = if weight.track_op() {
+            Some(crate::matmul::matmul(&grad_logits.t()?, &rows.detach())?)
+        } else {
+            None
+        };
+        Ok((Some(grad_rows), grad_weight))
+    }
+}
+
 /// The fused loss of [`masked_nll_rows`] (f32, CPU).
 struct MaskedNll {
     targets: Vec<u32>,
@@ -1916,6 +2074,53 @@ mod tests {
         assert!(diff < 1e-6, "backward diff {diff}");
         Ok(())
     }
+    /// The fused head and loss give the bits of `masked_nll_rows(weight.matmul_t(rows))`: the loss, the rows'
+    /// gradient and a trained weight's gradient, for the upstream gradient it was made for and for another one; a
+    /// frozen weight gets no gradient.
+    #[test]
+    fn fused_head_nll_equals_the_head_then_the_loss() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (n, hidden, vocab) = (5, 6, 9);
+        let f32_data = |len: usize, seed: usize| -> candle_core::Result<Tensor> {
+            Tensor::from_vec(data(len, seed), len, &dev)?.to_dtype(DType::F32)
+        };
+        let targets = Tensor::new(&[3u32, 0, 8, 2, 2], &dev)?;
+        let mask = Tensor::new(&[1f32, 0., 1., 0.5, 1.], &dev)?;
+        let scale = 0.125;
+        let bits = |t: &Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1() };
+        for upstream in [scale, 0.75] {
+            let rows = Var::from_tensor(&f32_data(n * hidden, 14)?.reshape((n, hidden))?)?;
+            let weight =
+                Var::from_tensor(&f32_data(vocab * hidden, 15)?.reshape((vocab, hidden))?)?;
+            let trained = Param::Trainable(weight.clone());
+            let fused = head_nll_rows(rows.as_tensor(), &trained, &targets, &mask, scale)?;
+            let composed = masked_nll_rows(&trained.matmul_t(rows.as_tensor())?, &targets, &mask)?;
+            assert_eq!(bits(&fused)?, bits(&composed)?, "loss");
+            let g1 = (fused * upstream)?.backward()?;
+            let g2 = (composed * upstream)?.backward()?;
+            for (name, var) in [("rows", &rows), ("weight", &weight)] {
+                let a = g1.get(var.as_tensor()).expect("fused gradient");
+                let b = g2.get(var.as_tensor()).expect("composed gradient");
+                if upstream == scale {
+                    assert_eq!(bits(a)?, bits(b)?, "{name} gradient");
+                } else {
+                    let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(
+                        diff < 1e-6,
+                        "{name} gradient at upstream {upstream}: {diff}"
+                    );
+                }
+            }
+        }
+        let rows = Var::from_tensor(&f32_data(n * hidden, 14)?.reshape((n, hidden))?)?;
+        let frozen = Param::Frozen(f32_data(vocab * hidden, 15)?.reshape((vocab, hidden))?);
+        let grads = (head_nll_rows(rows.as_tensor(), &frozen, &targets, &mask, scale)? * scale)?
+            .backward()?;
+        assert!(grads.get(rows.as_tensor()).is_some());
+        assert!(grads.get(frozen.tensor()).is_none());
+        Ok(())
+    }
+
     #[test]
     fn few_row_const_matmul_equals_the_plain_product() -> candle_core::Result<()> {
         let dev = Device::Cpu;

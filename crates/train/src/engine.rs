@@ -119,7 +119,8 @@ fn phase_of(name: &str) -> Phase {
 /// ran at 105 GFLOP/s, at 168 rows (8 M) at 222 (2 threads). The head runs while the trunk's whole graph is alive,
 /// so its chunk adds to the peak once per concurrent row: 1-epoch SmolLM2 LoRA (`configs/smollm2_lora.toml` as
 /// `reproduce.sh` derives it), steps 3–30: 2 M logits 48.4 s and peak RSS 1108 MiB, 4 M 45.6 s and 1154 MiB, 8 M
-/// 43.2 s and 1272 MiB, same losses (back to back).
+/// 43.2 s and 1272 MiB, same losses (back to back); with the fused head and loss (`model::ops::head_nll_rows`, one
+/// `(rows, vocab)` buffer per chunk instead of two) 8 M took 41.0 s and 1113 MiB.
 fn head_chunk_rows(vocab: usize, hidden: usize, head_trained: bool) -> usize {
     let bounded = ((8usize << 20) / vocab.max(1)).max(1);
     if head_trained {
@@ -341,7 +342,7 @@ impl Engine {
         let mut grad_normed: Option<Tensor> = None;
         if let Some(rows) = HeadRows::gather(lm, normed_var.as_tensor(), batch)? {
             for (start, len) in rows.chunks() {
-                let nll = rows.chunk_nll(lm, start, len)?;
+                let nll = rows.chunk_nll_to_train(lm, start, len, scale)?;
                 loss_sum += f64::from(nll.to_scalar::<f32>().ctx("reading the loss")?);
                 let store = (nll * scale)
                     .ctx("scaling the loss")?
@@ -639,6 +640,27 @@ impl HeadRows {
             .lm_head(&span(&self.rows)?)
             .map_err(model_err("lm_head"))?;
         loss::nll_rows(&logits, &span(&self.targets)?, &span(&self.weights)?).ctx("loss")
+    }
+
+    /// [`chunk_nll`](Self::chunk_nll) for a backward with upstream gradient `scale`: head and loss as one node
+    /// (`model::ops::head_nll_rows`) that holds one `(rows, vocab)` buffer, the logits' gradient, instead of the
+    /// logits and then their gradient.
+    fn chunk_nll_to_train(
+        &self,
+        lm: &model::CausalLm,
+        start: usize,
+        len: usize,
+        scale: f64,
+    ) -> Result<Tensor, TrainError> {
+        let span = |x: &Tensor| x.narrow(0, start, len).ctx("head chunk");
+        model::ops::head_nll_rows(
+            &span(&self.rows)?,
+            lm.head_weight(),
+            &span(&self.targets)?,
+            &span(&self.weights)?,
+            scale,
+        )
+        .ctx("head and loss")
     }
 }
 
