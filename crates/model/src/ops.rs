@@ -468,6 +468,34 @@ fn contiguous_slice<'a, T: WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// A computation over two contiguous inputs of one float dtype, written once for f32 and f64.
+trait FloatPair {
+    /// The values out of the inputs' values.
+    fn run<T: num_float::Float>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>>;
+}
+
+/// Runs `f` on the contiguous values of two CPU storages that are both f32 or both f64.
+fn float_pair(
+    op: &str,
+    f: &impl FloatPair,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(f.run(
+            contiguous_slice::<f32>(s1, l1, op)?,
+            contiguous_slice::<f32>(s2, l2, op)?,
+        )?),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(f.run(
+            contiguous_slice::<f64>(s1, l1, op)?,
+            contiguous_slice::<f64>(s2, l2, op)?,
+        )?),
+        _ => candle_core::bail!("{op}: only f32/f64 on the CPU, both inputs of one dtype"),
+    })
+}
+
 /// A kernel over one contiguous input, written once for f32 and f64; the output has the input's shape.
 pub(crate) trait RowKernel {
     /// Applies the kernel; `width` is the size of the last dimension.
@@ -513,20 +541,17 @@ fn pair_cpu_fwd(
     if l1.dims() != l2.dims() {
         candle_core::bail!("{op}: shapes {:?} != {:?}", l1.dims(), l2.dims());
     }
+    struct Apply<'a, K> {
+        kernel: &'a K,
+        width: usize,
+    }
+    impl<K: PairKernel> FloatPair for Apply<'_, K> {
+        fn run<T: num_float::Float>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
+            Ok(self.kernel.apply(a, b, self.width))
+        }
+    }
     let width = l1.dims().last().copied().unwrap_or(1).max(1);
-    let out = match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(kernel.apply(
-            contiguous_slice::<f32>(s1, l1, op)?,
-            contiguous_slice::<f32>(s2, l2, op)?,
-            width,
-        )),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(kernel.apply(
-            contiguous_slice::<f64>(s1, l1, op)?,
-            contiguous_slice::<f64>(s2, l2, op)?,
-            width,
-        )),
-        _ => candle_core::bail!("{op}: only f32/f64 on the CPU"),
-    };
+    let out = float_pair(op, &Apply { kernel, width }, s1, l1, s2, l2)?;
     Ok((out, l1.shape().clone()))
 }
 
@@ -771,37 +796,17 @@ impl CustomOp2 for RmsNormBackward {
         {
             candle_core::bail!("{op}: input width {width} but {} gain values", gain.len());
         }
-        fn run<T: num_float::Float>(
-            k: &RmsNormBackward,
-            s1: &CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            width: usize,
-        ) -> candle_core::Result<Vec<T>> {
-            let op = k.name();
-            let gain: Option<Vec<T>> = k
-                .gain
-                .as_ref()
-                .map(|g| g.iter().map(|&v| T::from_f64(v)).collect());
-            Ok(rms_norm_backward_rows(
-                contiguous_slice::<T>(s1, l1, op)?,
-                contiguous_slice::<T>(s2, l2, op)?,
+        let out = float_pair(
+            op,
+            &RmsNormBackwardRows {
+                backward: self,
                 width,
-                k.eps,
-                gain.as_deref(),
-                k.gain_grad,
-            ))
-        }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(run::<f32>(self, s1, l1, s2, l2, width)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(run::<f64>(self, s1, l1, s2, l2, width)?)
-            }
-            _ => candle_core::bail!("{op}: only f32/f64 on the CPU"),
-        };
+            },
+            s1,
+            l1,
+            s2,
+            l2,
+        )?;
         let rows = l1.shape().elem_count() / width;
         let shape = if self.gain_grad {
             Shape::from((rows + 1, width))
@@ -809,6 +814,30 @@ impl CustomOp2 for RmsNormBackward {
             l1.shape().clone()
         };
         Ok((out, shape))
+    }
+}
+
+/// [`RmsNormBackward`]'s kernel over `(x, dy)` rows of `width`.
+struct RmsNormBackwardRows<'a> {
+    backward: &'a RmsNormBackward,
+    width: usize,
+}
+
+impl FloatPair for RmsNormBackwardRows<'_> {
+    fn run<T: num_float::Float>(&self, x: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
+        let gain: Option<Vec<T>> = self
+            .backward
+            .gain
+            .as_ref()
+            .map(|g| g.iter().map(|&v| T::from_f64(v)).collect());
+        Ok(rms_norm_backward_rows(
+            x,
+            dy,
+            self.width,
+            self.backward.eps,
+            gain.as_deref(),
+            self.backward.gain_grad,
+        ))
     }
 }
 
@@ -838,23 +867,20 @@ impl CustomOp2 for RmsNormTrainedGain {
         if l2.dims() != [width] {
             candle_core::bail!("{op}: input width {width} but gain shape {:?}", l2.dims());
         }
-        let width = width.max(1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(rms_normalize_rows(
-                contiguous_slice::<f32>(s1, l1, op)?,
-                width,
-                self.eps,
-                Some(contiguous_slice::<f32>(s2, l2, op)?),
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(rms_normalize_rows(
-                contiguous_slice::<f64>(s1, l1, op)?,
-                width,
-                self.eps,
-                Some(contiguous_slice::<f64>(s2, l2, op)?),
-            )),
-            _ => candle_core::bail!("{op}: only f32/f64 on the CPU, input and gain of one dtype"),
+        struct Rows {
+            width: usize,
+            eps: f64,
+        }
+        impl FloatPair for Rows {
+            fn run<T: num_float::Float>(&self, x: &[T], gain: &[T]) -> candle_core::Result<Vec<T>> {
+                Ok(rms_normalize_rows(x, self.width, self.eps, Some(gain)))
+            }
+        }
+        let rows = Rows {
+            width: width.max(1),
+            eps: self.eps,
         };
-        Ok((out, l1.shape().clone()))
+        Ok((float_pair(op, &rows, s1, l1, s2, l2)?, l1.shape().clone()))
     }
 
     fn bwd(
