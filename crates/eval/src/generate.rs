@@ -230,27 +230,31 @@ impl Generator {
         Ok(())
     }
 
-    /// Greedy generation for a batch of prompt ids, stopping at EOS or a stop string.
+    /// Greedy generation for a batch of prompt ids, stopping at EOS or a stop string. The compute pool's other
+    /// workers poll for work meanwhile (`model::device::with_pool_awake`).
     pub fn generate(&self, prompts: &[Vec<u32>]) -> Result<Vec<model::Generation>, EvalError> {
-        let codec = &self.codec;
-        let stops = &self.stop;
-        // Decoding the whole output at every step is quadratic, but outputs are short next to the forward pass.
-        let stop_check = |ids: &[u32]| {
-            codec
-                .decode(ids)
-                .is_ok_and(|text| stops.iter().any(|s| text.contains(s)))
-        };
-        let options = GenerateOptions {
-            max_new_tokens: self.max_new_tokens,
-            eos_ids: self.codec.eos_ids().to_vec(),
-            pad_id: self.codec.pad_id(),
-            stop: if self.stop.is_empty() {
-                None
-            } else {
-                Some(&stop_check)
-            },
-        };
-        model::generate(&self.lm, prompts, &options).map_err(|source| EvalError::Model {
+        let generated = model::device::with_pool_awake(|| {
+            let codec = &self.codec;
+            let stops = &self.stop;
+            // Decoding the whole output at every step is quadratic, but outputs are short next to the forward pass.
+            let stop_check = |ids: &[u32]| {
+                codec
+                    .decode(ids)
+                    .is_ok_and(|text| stops.iter().any(|s| text.contains(s)))
+            };
+            let options = GenerateOptions {
+                max_new_tokens: self.max_new_tokens,
+                eos_ids: self.codec.eos_ids().to_vec(),
+                pad_id: self.codec.pad_id(),
+                stop: if self.stop.is_empty() {
+                    None
+                } else {
+                    Some(&stop_check)
+                },
+            };
+            model::generate(&self.lm, prompts, &options)
+        });
+        generated.map_err(|source| EvalError::Model {
             context: format!("generating a batch of {} rows", prompts.len()),
             source: Box::new(source),
         })
