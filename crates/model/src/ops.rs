@@ -1231,14 +1231,7 @@ pub fn masked_nll_rows(
             .sum_all()?
             .neg();
     }
-    let target_ids = targets
-        .to_dtype(DType::U32)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
-    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("masked nll: target id {bad} outside the vocabulary of {vocab}");
-    }
-    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (target_ids, weights) = loss_targets("masked nll", targets, mask, vocab)?;
     logits.contiguous()?.apply_op1(MaskedNll {
         targets: target_ids,
         weights,
@@ -1277,14 +1270,7 @@ pub fn head_nll_rows(
             mask.elem_count()
         );
     }
-    let target_ids = targets
-        .to_dtype(DType::U32)?
-        .flatten_all()?
-        .to_vec1::<u32>()?;
-    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("head nll: target id {bad} outside the vocabulary of {vocab}");
-    }
-    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (target_ids, weights) = loss_targets("head nll", targets, mask, vocab)?;
     rows.contiguous()?.apply_op2(
         weight,
         HeadNll {
@@ -1325,37 +1311,12 @@ impl CustomOp2 for HeadNll {
         let CpuStorage::F32(mut buffer) = logits else {
             candle_core::bail!("{}: only f32", self.name())
         };
-        let scale = self.scale;
-        // Per row: the masked NLL (as `MaskedNll`'s forward computes it), and the row turned into its gradient (as
-        // `MaskedNll`'s backward computes it for an upstream gradient of `scale`).
+        // Per row: the masked NLL, as `MaskedNll`'s forward computes it, and the row turned into its gradient for an
+        // upstream gradient of `scale`, as `MaskedNll`'s backward computes it.
         let per_row: Vec<f64> = buffer
             .par_chunks_mut(vocab.max(1))
             .zip(self.targets.par_iter().zip(self.weights.par_iter()))
-            .map(|(row, (&t, &w))| {
-                if w == 0.0 {
-                    row.fill(0.0);
-                    return 0.0;
-                }
-                let target_logit = row[t as usize];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                let row_scale = scale * w;
-                if row_scale == 0.0 {
-                    row.fill(0.0);
-                } else {
-                    let k = row_scale / sum;
-                    for v in row.iter_mut() {
-                        *v *= k;
-                    }
-                    row[t as usize] -= row_scale;
-                }
-                let lse = max + sum.ln();
-                f64::from(w) * f64::from(lse - target_logit)
-            })
+            .map(|(row, (&t, &w))| nll_into_gradient(row, t as usize, w, self.scale))
             .collect();
         let total = per_row.iter().sum::<f64>() as f32;
         let grad = Tensor::from_vec(buffer, (n, vocab), &candle_core::Device::Cpu)?;
@@ -1401,6 +1362,53 @@ impl CustomOp2 for HeadNll {
         };
         Ok((Some(grad_rows), grad_weight))
     }
+}
+
+/// The target ids (each checked against `vocab`) and loss weights of a masked loss, on the host.
+fn loss_targets(
+    op: &str,
+    targets: &Tensor,
+    mask: &Tensor,
+    vocab: usize,
+) -> candle_core::Result<(Vec<u32>, Vec<f32>)> {
+    let target_ids = targets
+        .to_dtype(DType::U32)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    if let Some(bad) = target_ids.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("{op}: target id {bad} outside the vocabulary of {vocab}");
+    }
+    let weights = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok((target_ids, weights))
+}
+
+/// Turns one row of logits into its gradient `scale·w·(softmax − onehot(t))` in place and returns the row's loss
+/// `w·NLL` (0 and a zero row when `w` is 0). Shared by [`MaskedNll`]'s backward and [`HeadNll`]'s forward, so both
+/// make the same bits.
+fn nll_into_gradient(row: &mut [f32], t: usize, w: f32, scale: f32) -> f64 {
+    if w == 0.0 {
+        row.fill(0.0);
+        return 0.0;
+    }
+    let target_logit = row[t];
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let row_scale = scale * w;
+    if row_scale == 0.0 {
+        row.fill(0.0);
+    } else {
+        let k = row_scale / sum;
+        for v in row.iter_mut() {
+            *v *= k;
+        }
+        row[t] -= row_scale;
+    }
+    let lse = max + sum.ln();
+    f64::from(w) * f64::from(lse - target_logit)
 }
 
 /// The fused loss of [`masked_nll_rows`] (f32, CPU).
@@ -1451,27 +1459,11 @@ impl CustomOp1 for MaskedNll {
         let Storage::Cpu(storage) = &*storage else {
             candle_core::bail!("{}: logits not on the CPU", self.name())
         };
-        let x = contiguous_slice::<f32>(storage, layout, self.name())?;
-        let mut dx = vec![0f32; n * vocab];
-        dx.par_chunks_mut(vocab)
-            .zip(x.par_chunks(vocab))
+        let mut dx = contiguous_slice::<f32>(storage, layout, self.name())?.to_vec();
+        dx.par_chunks_mut(vocab.max(1))
             .zip(self.targets.par_iter().zip(self.weights.par_iter()))
-            .for_each(|((d, row), (&t, &w))| {
-                let scale = dy * w;
-                if scale == 0.0 {
-                    return;
-                }
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (d, &v) in d.iter_mut().zip(row) {
-                    *d = (v - max).exp();
-                    sum += *d;
-                }
-                let k = scale / sum;
-                for d in d.iter_mut() {
-                    *d *= k;
-                }
-                d[t as usize] -= scale;
+            .for_each(|(row, (&t, &w))| {
+                nll_into_gradient(row, t as usize, w, dy);
             });
         Ok(Some(Tensor::from_vec(dx, (n, vocab), arg.device())?))
     }
