@@ -10,7 +10,7 @@ What is counted (crates/model/src/fused.rs, crates/train/src/engine.rs):
 - trunk linears (q, k, v, o, gate, up, down) per token and layer: forward, input gradient (LoRA: none for layer 0's
   q/k/v, whose input, the frozen embedding, is not part of the graph), and for full fine-tuning the weight gradient;
 - LoRA adapters on the attention projections (rank r): forward `x·Aᵀ`, `l·Bᵀ`; backward recomputes `x·Aᵀ`, then
-  `dB`, `dl`, `dA`, `dx`: 4·in·r + 3·out·r per token;
+  `dB`, `dl`, `dA`, `dx`: 4·in·r + 3·out·r per token (layer 0's q/k/v need no `dx`; counted anyway, < 0.1 %);
 - attention in query blocks of 64 rows against the keys each block may attend: QKᵀ and PV forward, and in backward
   the recomputed QKᵀ, dV, dP, dQ, dK (7 products of heads·d·rows·keys);
 - the head on the target positions only: logits and the hidden gradient, plus the weight gradient when trained.
