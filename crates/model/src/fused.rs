@@ -3,7 +3,7 @@
 //!
 //! **LoRA linear**: `x·Wᵀ + s·dropout(x)·Aᵀ·Bᵀ` as composed ops keeps the base output, the adapter output (the
 //! `add` node holds both) and the dropout output: three output- or input-sized tensors per adapted module.
-//! [`lora_linear`] keeps only `x`: the dropout mask is regenerated and the rank-r product recomputed in backward
+//! [`lora_linear`] keeps only `x` (and its dropout mask as bits): the rank-r product is recomputed in backward
 //! (measured, SmolLM2-135M LoRA on q/k/v/o, batch 2 × ≤256, 2 threads: peak RSS 1871 → 1721 MiB; once it stopped also
 //! computing the base product a second time, the LoRA step went 1.67 → 1.46 s).
 //!
@@ -35,7 +35,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use crate::lora::{DropoutMask, dropout_with};
+use crate::lora::{DropoutBits, DropoutMask, dropout_bits_apply};
 use crate::matmul::{cpu_product, matmul};
 
 /// A result computed ahead of the custom op that hands it to the graph, taken once by the op's forward.
@@ -82,7 +82,7 @@ macro_rules! precomputed_cpu_fwd {
 
 /// `x·Wᵀ + scale·dropout(x)·Aᵀ·Bᵀ` for `x (m, in)`, a constant `w (out, in)`, `a (r, in)`, `b (out, r)`: one graph
 /// node over `x`, `A` and `B` that keeps no output-sized intermediate (CPU, f32/f64 inputs of one dtype; the caller
-/// falls back to composed ops elsewhere). `mask` is the dropout to apply (drawn by the caller, regenerated here in
+/// falls back to composed ops elsewhere). `mask` is the dropout to apply (drawn by the caller, made into bits here for
 /// backward), `None` for none.
 pub fn lora_linear(
     x: &Tensor,
@@ -93,10 +93,11 @@ pub fn lora_linear(
     mask: Option<DropoutMask>,
 ) -> candle_core::Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.detach());
+    let bits = mask.map(|m| m.to_bits(x.elem_count()));
     let forward = {
         let xd = x.detach();
-        let dropped = match mask {
-            Some(m) => dropout_with(&xd, m)?,
+        let dropped = match &bits {
+            Some(bits) => dropout_bits_apply(&xd, bits)?,
             None => xd.clone(),
         };
         let low = (matmul(&dropped, &a.detach().t()?)? * scale)?;
@@ -109,7 +110,7 @@ pub fn lora_linear(
             out: Precomputed::new(forward),
             w,
             scale,
-            mask,
+            bits,
         },
     )
 }
@@ -118,7 +119,8 @@ struct LoraLinear {
     out: Precomputed,
     w: Tensor,
     scale: f64,
-    mask: Option<DropoutMask>,
+    /// The dropout mask, drawn once in forward and applied again in backward.
+    bits: Option<DropoutBits>,
 }
 
 impl CustomOp3 for LoraLinear {
@@ -137,8 +139,8 @@ impl CustomOp3 for LoraLinear {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, a, b, dy) = (x.detach(), a.detach(), b.detach(), dy.detach());
-        let dropped = match self.mask {
-            Some(m) => dropout_with(&x, m)?,
+        let dropped = match &self.bits {
+            Some(bits) => dropout_bits_apply(&x, bits)?,
             None => x.clone(),
         };
         // y = x·Wᵀ + s·(u·Aᵀ)·Bᵀ with u = dropout(x), l = u·Aᵀ:
@@ -148,8 +150,8 @@ impl CustomOp3 for LoraLinear {
         let grad_low = (matmul(&dy, &b)? * self.scale)?;
         let grad_a = matmul(&grad_low.t()?, &dropped)?;
         let grad_dropped = matmul(&grad_low, &a)?;
-        let grad_dropped = match self.mask {
-            Some(m) => dropout_with(&grad_dropped, m)?,
+        let grad_dropped = match &self.bits {
+            Some(bits) => dropout_bits_apply(&grad_dropped, bits)?,
             None => grad_dropped,
         };
         let grad_x = (matmul(&dy, &self.w)? + grad_dropped)?;
@@ -626,7 +628,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
-    use crate::lora::SeededRng;
+    use crate::lora::{SeededRng, dropout_with};
 
     fn random(shape: (usize, usize), seed: u64) -> candle_core::Result<Tensor> {
         let rng = SeededRng::new(seed);

@@ -346,7 +346,8 @@ impl Linear {
 }
 
 /// A dropout mask by its generator state: element `i` is kept (scaled by `1/keep`) when draw `i` from `start` is
-/// below `keep`. The mask itself is never stored on the CPU: it is regenerated wherever it is applied.
+/// below `keep`. The mask itself is not stored: it is regenerated wherever it is applied, or made into bits
+/// ([`DropoutMask::to_bits`]) by a node that applies it several times.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DropoutMask {
     start: u64,
@@ -360,6 +361,110 @@ impl DropoutMask {
             start: rng.skip(n),
             keep: 1.0 - p as f32,
         }
+    }
+
+    /// The mask's first `n` elements as one bit each (1 = kept). Drawing an element costs a SplitMix64 hash; the
+    /// fused LoRA node applies its mask three times (forward, and for `dA` and `dx` in backward) and now draws it
+    /// once, for `n / 8` bytes held until its backward.
+    pub fn to_bits(self, n: usize) -> DropoutBits {
+        let mut words = vec![0u64; n.div_ceil(64)];
+        words
+            .par_chunks_mut(DROPOUT_CHUNK / 64)
+            .enumerate()
+            .for_each(|(c, words)| {
+                let first = c * DROPOUT_CHUNK;
+                let mut factors = vec![0f32; DROPOUT_CHUNK.min(n - first)];
+                dropout_factors(self.start, first, self.keep, &mut factors);
+                for (word, factors) in words.iter_mut().zip(factors.chunks(64)) {
+                    *word = factors
+                        .iter()
+                        .enumerate()
+                        .fold(0, |bits, (b, &f)| bits | (u64::from(f != 0.0) << b));
+                }
+            });
+        DropoutBits {
+            words,
+            len: n,
+            keep: self.keep,
+        }
+    }
+}
+
+/// A dropout mask made into bits by [`DropoutMask::to_bits`]: bit `i % 64` of word `i / 64` is 1 where element `i`
+/// is kept.
+#[derive(Debug)]
+pub struct DropoutBits {
+    words: Vec<u64>,
+    len: usize,
+    keep: f32,
+}
+
+impl DropoutBits {
+    /// The multiplier of element `i`: `1/keep` or 0, the value [`dropout_factor`] gives.
+    fn factor(&self, i: usize) -> f32 {
+        if (self.words[i / 64] >> (i % 64)) & 1 == 1 {
+            1.0 / self.keep
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `x ⊙ mask` for a mask held as bits: the values [`dropout_with`] gives for the mask the bits were made from. No
+/// gradient is recorded (for the fused LoRA node, which works on detached tensors).
+pub(crate) fn dropout_bits_apply(x: &Tensor, bits: &DropoutBits) -> candle_core::Result<Tensor> {
+    if x.elem_count() != bits.len {
+        candle_core::bail!(
+            "dropout: a mask of {} elements applied to a tensor of {}",
+            bits.len,
+            x.elem_count()
+        );
+    }
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1_no_bwd(&BitsDropoutOp(bits));
+    }
+    let mask: Vec<f32> = (0..bits.len).map(|i| bits.factor(i)).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.detach() * mask
+}
+
+/// [`dropout_bits_apply`]'s CPU kernel.
+struct BitsDropoutOp<'a>(&'a DropoutBits);
+
+impl crate::ops::RowKernel for BitsDropoutOp<'_> {
+    fn apply<T: crate::ops::num_float::Float>(&self, x: &[T], _width: usize) -> Vec<T> {
+        let bits = self.0;
+        // The multipliers exactly as `dropout_apply` forms them (`1/keep` in f32, then widened).
+        let kept = T::from_f64(f64::from(1.0 / bits.keep));
+        let dropped = T::from_f64(0.0);
+        let mut out = vec![T::zero(); x.len()];
+        out.par_chunks_mut(DROPOUT_CHUNK)
+            .zip(x.par_chunks(DROPOUT_CHUNK))
+            .enumerate()
+            .for_each(|(c, (o, xs))| {
+                let words = &bits.words[c * DROPOUT_CHUNK / 64..];
+                // Word by word, so the per-element select has no division and vectorises.
+                for ((o, xs), &word) in o.chunks_mut(64).zip(xs.chunks(64)).zip(words) {
+                    for (b, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
+                        *o = v * if (word >> b) & 1 == 1 { kept } else { dropped };
+                    }
+                }
+            });
+        out
+    }
+}
+
+impl CustomOp1 for BitsDropoutOp<'_> {
+    fn name(&self) -> &'static str {
+        "dropout-mask-bits"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        crate::ops::row_cpu_fwd(self.name(), self, storage, layout)
     }
 }
 
@@ -390,6 +495,9 @@ fn dropout_factor(start: u64, i: usize, keep: f32) -> f32 {
     if u < keep { 1.0 / keep } else { 0.0 }
 }
 
+/// Elements per parallel task of the dropout kernels (a multiple of 64, so a task's mask bits are whole words).
+const DROPOUT_CHUNK: usize = 16 * 1024;
+
 /// `x ⊙ mask` with the mask regenerated from a generator state; linear and diagonal, so it is its own backward.
 struct DropoutOp {
     start: u64,
@@ -401,14 +509,13 @@ fn dropout_apply<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
     start: u64,
     keep: f32,
 ) -> Vec<T> {
-    const CHUNK: usize = 16 * 1024;
     let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
+    out.par_chunks_mut(DROPOUT_CHUNK)
+        .zip(x.par_chunks(DROPOUT_CHUNK))
         .enumerate()
         .for_each(|(c, (o, xs))| {
             let mut factors = vec![0f32; xs.len()];
-            dropout_factors(start, c * CHUNK, keep, &mut factors);
+            dropout_factors(start, c * DROPOUT_CHUNK, keep, &mut factors);
             for ((o, &v), &f) in o.iter_mut().zip(xs).zip(&factors) {
                 *o = v * T::from_f64(f64::from(f));
             }
@@ -416,9 +523,8 @@ fn dropout_apply<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
     out
 }
 
-/// `out[j] = dropout_factor(start, first + j, keep)`, vectorised where the CPU allows: the mask is regenerated
-/// three times per adapted module and step (forward, and for `dA` and `dx` in backward), and one element at a time
-/// it was 4 % of a SmolLM2 LoRA step.
+/// `out[j] = dropout_factor(start, first + j, keep)`, vectorised where the CPU allows: one element at a time it was
+/// 4 % of a SmolLM2 LoRA step, when every adapted module regenerated its mask three times per step.
 // `unsafe` only to call the feature-specific copies of the same safe code after the runtime feature check.
 #[allow(unsafe_code)]
 fn dropout_factors(start: u64, first: usize, keep: f32, out: &mut [f32]) {
@@ -526,6 +632,34 @@ mod tests {
                 "row {index} ends where the batch does"
             );
         }
+        Ok(())
+    }
+
+    /// The mask as bits applies the very values the regenerated mask does, across parallel chunks and a last word
+    /// that is only partly used, in f32 and f64; a tensor of another size is refused.
+    #[test]
+    fn a_mask_made_into_bits_applies_the_regenerated_mask_values() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let n = 2 * DROPOUT_CHUNK + 77;
+        let rng = SeededRng::new(5);
+        let mask = DropoutMask::draw(0.3, n, &rng);
+        let bits = mask.to_bits(n);
+        let x = (Tensor::arange(0f32, n as f32, &dev)? - 1000.0)?.reshape((n / 5, 5))?;
+        for x in [x.clone(), x.to_dtype(DType::F64)?] {
+            let expected = dropout_with(&x, mask)?
+                .flatten_all()?
+                .to_dtype(DType::F64)?;
+            let got = dropout_bits_apply(&x, &bits)?
+                .flatten_all()?
+                .to_dtype(DType::F64)?;
+            assert_eq!(got.to_vec1::<f64>()?, expected.to_vec1::<f64>()?);
+        }
+        let kept = (0..n).filter(|&i| bits.factor(i) != 0.0).count();
+        assert!(
+            (0.65..0.75).contains(&(kept as f64 / n as f64)),
+            "kept {kept} of {n}"
+        );
+        assert!(dropout_bits_apply(&Tensor::zeros(n - 1, DType::F32, &dev)?, &bits).is_err());
         Ok(())
     }
 
