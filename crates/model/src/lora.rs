@@ -400,18 +400,20 @@ pub struct DropoutBits {
 }
 
 impl DropoutBits {
-    /// The multiplier of element `i`: `1/keep` or 0, the value [`dropout_factor`] gives.
-    fn factor(&self, i: usize) -> f32 {
-        if (self.words[i / 64] >> (i % 64)) & 1 == 1 {
-            1.0 / self.keep
-        } else {
-            0.0
+    /// Writes the multipliers of elements `first..first + out.len()` (`first` a multiple of 64): `1/keep` or 0, the
+    /// values [`dropout_factors`] writes for the mask the bits were made from.
+    fn factors(&self, first: usize, out: &mut [f32]) {
+        let kept = 1.0 / self.keep;
+        for (out, &word) in out.chunks_mut(64).zip(&self.words[first / 64..]) {
+            for (b, o) in out.iter_mut().enumerate() {
+                *o = if (word >> b) & 1 == 1 { kept } else { 0.0 };
+            }
         }
     }
 }
 
-/// `x ⊙ mask` for a mask held as bits: the values [`dropout_with`] gives for the mask the bits were made from. No
-/// gradient is recorded (for the fused LoRA node, which works on detached tensors).
+/// `x ⊙ mask` for a mask held as bits: the values [`dropout_with`] gives for the mask the bits were made from. CPU,
+/// f32/f64; no gradient is recorded (for the fused LoRA node, which works on detached tensors).
 pub(crate) fn dropout_bits_apply(x: &Tensor, bits: &DropoutBits) -> candle_core::Result<Tensor> {
     if x.elem_count() != bits.len {
         candle_core::bail!(
@@ -420,12 +422,7 @@ pub(crate) fn dropout_bits_apply(x: &Tensor, bits: &DropoutBits) -> candle_core:
             x.elem_count()
         );
     }
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return x.contiguous()?.apply_op1_no_bwd(&BitsDropoutOp(bits));
-    }
-    let mask: Vec<f32> = (0..bits.len).map(|i| bits.factor(i)).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x.detach() * mask
+    x.contiguous()?.apply_op1_no_bwd(&BitsDropoutOp(bits))
 }
 
 /// [`dropout_bits_apply`]'s CPU kernel.
@@ -433,24 +430,7 @@ struct BitsDropoutOp<'a>(&'a DropoutBits);
 
 impl crate::ops::RowKernel for BitsDropoutOp<'_> {
     fn apply<T: crate::ops::num_float::Float>(&self, x: &[T], _width: usize) -> Vec<T> {
-        let bits = self.0;
-        // The multipliers exactly as `dropout_apply` forms them (`1/keep` in f32, then widened).
-        let kept = T::from_f64(f64::from(1.0 / bits.keep));
-        let dropped = T::from_f64(0.0);
-        let mut out = vec![T::zero(); x.len()];
-        out.par_chunks_mut(DROPOUT_CHUNK)
-            .zip(x.par_chunks(DROPOUT_CHUNK))
-            .enumerate()
-            .for_each(|(c, (o, xs))| {
-                let words = &bits.words[c * DROPOUT_CHUNK / 64..];
-                // Word by word, so the per-element select has no division and vectorises.
-                for ((o, xs), &word) in o.chunks_mut(64).zip(xs.chunks(64)).zip(words) {
-                    for (b, (o, &v)) in o.iter_mut().zip(xs).enumerate() {
-                        *o = v * if (word >> b) & 1 == 1 { kept } else { dropped };
-                    }
-                }
-            });
-        out
+        apply_dropout_factors(x, |first, factors| self.0.factors(first, factors))
     }
 }
 
@@ -509,13 +489,25 @@ fn dropout_apply<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
     start: u64,
     keep: f32,
 ) -> Vec<T> {
+    apply_dropout_factors(x, |first, factors| {
+        dropout_factors(start, first, keep, factors)
+    })
+}
+
+/// `x ⊙ factors` in parallel chunks of [`DROPOUT_CHUNK`] elements, the factors of the chunk starting at element
+/// `first` written by `fill(first, factors)`: the one multiplication both ways of applying a mask share, so they give
+/// the same bits.
+fn apply_dropout_factors<T: WithDType + std::ops::Mul<Output = T> + Send + Sync>(
+    x: &[T],
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     out.par_chunks_mut(DROPOUT_CHUNK)
         .zip(x.par_chunks(DROPOUT_CHUNK))
         .enumerate()
         .for_each(|(c, (o, xs))| {
             let mut factors = vec![0f32; xs.len()];
-            dropout_factors(start, c * DROPOUT_CHUNK, keep, &mut factors);
+            fill(c * DROPOUT_CHUNK, &mut factors);
             for ((o, &v), &f) in o.iter_mut().zip(xs).zip(&factors) {
                 *o = v * T::from_f64(f64::from(f));
             }
@@ -654,7 +646,7 @@ mod tests {
                 .to_dtype(DType::F64)?;
             assert_eq!(got.to_vec1::<f64>()?, expected.to_vec1::<f64>()?);
         }
-        let kept = (0..n).filter(|&i| bits.factor(i) != 0.0).count();
+        let kept: usize = bits.words.iter().map(|w| w.count_ones() as usize).sum();
         assert!(
             (0.65..0.75).contains(&(kept as f64 / n as f64)),
             "kept {kept} of {n}"
